@@ -1,0 +1,8 @@
+"""Tokenformer for vision: Pattention layers and a timm-registered ViT family built from them.
+
+`import tokenformer_vit` registers the models with timm: `timm.create_model("tokenformer_vit_base")`.
+"""
+from .pattention import Pattention, PATTENTION_NORMS, theta
+from .tokenformer_vit import TokenformerViT, TokenformerAttention, TokenformerBlock
+
+__version__ = '0.1.0'
