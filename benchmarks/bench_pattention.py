@@ -7,6 +7,7 @@ of a shared machine falls on both alike.
     python benchmarks/bench_pattention.py [--tokens 768 3072] [--dim 768] [--batch 8] [--seq 197]
 """
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -44,7 +45,7 @@ def measure(n: int, dim: int, batch: int, seq: int, iters: int, device: str, amp
     key, value = layer.key_tokens, layer.value_tokens
     x = torch.randn(batch, seq, dim, device=device, requires_grad=True)
     dy = torch.randn(batch, seq, dim, device=device)
-    ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if amp else torch.enable_grad
+    ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     def fwd(f):
         def run():

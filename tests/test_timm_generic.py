@@ -3,6 +3,9 @@ every tokenformer model, with our module added to the lists that select ViT-like
 
 timm's tests are not in its wheel: `.ci/run` unpacks timm's sdist (from PyPI, same version as the
 installed timm) into .cache/, or TIMM_TESTS_DIR names a folder holding timm's tests/.
+
+`test_prune_intermediate_layers_contract` (unmarked in timm and left out of timm's own CI as slow)
+takes 325 s for the two large models on 2 cores: it runs for them only with TIMM_GENERIC_FULL=1.
 """
 import os
 import re
@@ -40,8 +43,10 @@ def _patched_test_models(src: Path, dst: Path) -> Path:
 
 def test_timm_generic_model_tests_pass_for_every_tokenformer_model(tmp_path):
     test_file = _patched_test_models(_timm_tests_dir() / 'test_models.py', tmp_path)
+    select = 'tokenformer' if os.environ.get('TIMM_GENERIC_FULL') == '1' else \
+        'tokenformer and not (prune_intermediate_layers_contract and large)'
     proc = subprocess.run(
-        [sys.executable, '-m', 'pytest', str(test_file), '-q', '-p', 'no:cacheprovider', '-k', 'tokenformer',
+        [sys.executable, '-m', 'pytest', str(test_file), '-q', '-p', 'no:cacheprovider', '-k', select,
          '-W', 'ignore::pytest.PytestUnknownMarkWarning', '--rootdir', str(tmp_path), '-o', 'timeout=600'],
         cwd=tmp_path, capture_output=True, text=True, timeout=1500,
         env={**os.environ, 'PYTHONPATH': str(REPO)},
@@ -50,6 +55,6 @@ def test_timm_generic_model_tests_pass_for_every_tokenformer_model(tmp_path):
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
     passed = int(re.search(r'(\d+) passed', summary).group(1))
-    # 6 models x (forward, backward, cfgs, torchscript, features, intermediates, fx x3, ...)
-    assert passed >= 6 * 10, tail
+    # forward, backward, cfgs, torchscript, features_only, intermediates, fx x3 and pruning, per model
+    assert passed >= 6 * 10 - 2, tail
     assert 'failed' not in summary, tail

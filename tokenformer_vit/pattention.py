@@ -148,13 +148,19 @@ class Pattention(nn.Module):
                 f'num_tokens={self.num_tokens}, norm={self.norm}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or self.norm != 'l2_gelu':
-            # Pattention(X) = Θ(X · Kᵀ) · V, as written in the paper
-            return theta(x @ self.key_tokens.t(), self.norm, self.tau, self.eps) @ self.value_tokens
-        return self._forward_l2_gelu(x)
+        if torch.jit.is_scripting():
+            return self._forward_reference(x)
+        return self._forward_fast(x)
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        # Pattention(X) = Θ(X · Kᵀ) · V, as written in the paper
+        return theta(x @ self.key_tokens.t(), self.norm, self.tau, self.eps) @ self.value_tokens
 
     @torch.jit.unused
-    def _forward_l2_gelu(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm != 'l2_gelu' or torch.compiler.is_compiling():
+            # torch.compile fuses the reference formulation itself, and picks what to recompute
+            return self._forward_reference(x)
         key, value = self.key_tokens, self.value_tokens
         device_type = x.device.type
         autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
