@@ -6,3 +6,4 @@ from .pattention import Pattention, PATTENTION_NORMS, theta
 from .tokenformer_vit import TokenformerViT, TokenformerAttention, TokenformerBlock
 
 __version__ = '0.1.0'
+from .growth import GROWTH_MODES, GrowthError, grow_model, grow_optimizer, grow_pattention, grow_tokens

@@ -18,6 +18,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 import tokenformer_vit  # noqa: F401
+from tokenformer_vit.checkpoint import save_atomic
 from tokenformer_vit.fashion_mnist import load_fashion_mnist
 
 MEAN, STD = 0.286, 0.353
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--data-dir', default=None, help='folder of the Fashion-MNIST .gz files')
     parser.add_argument('--config', default=None, help='YAML file of flag defaults')
+    parser.add_argument('--output', default=None, help='write the trained model here, as a timm checkpoint')
     args, _ = parser.parse_known_args()
     if args.config:
         with open(args.config) as f:
@@ -97,6 +99,11 @@ def main() -> None:
     top1 = train_and_test(model, data, args.steps, args.batch_size, args.lr, args.seed)
     print(f'Fashion-MNIST test top-1: {top1:.2f}% after {args.steps} steps '
           f'({args.steps * args.batch_size / len(data[0]):.2f} epochs, {time.perf_counter() - t0:.0f} s)')
+    if args.output:
+        model_args = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, depth=args.depth)
+        save_atomic({'state_dict': model.state_dict(), 'arch': args.model, 'model_args': model_args,
+                     'args': vars(args), 'epoch': 0, 'metric': top1, 'version': 2}, args.output)
+        print(f'wrote {args.output}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,217 @@
+"""Growth in width: preserve mode keeps the function, paper mode does not, checkpoints and the
+optimizer grow with the model, and bad requests get one clear error."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import timm
+
+import tokenformer_vit  # noqa: F401
+from tokenformer_vit import Pattention, grow_model, grow_optimizer, grow_pattention
+from tokenformer_vit.growth import GrowthError
+from tokenformer_vit.grow import main as grow_main
+
+SMALL = dict(img_size=32, patch_size=8, depth=2, num_classes=10)
+
+
+def small_model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return timm.create_model('tokenformer_vit_tiny', **dict(SMALL, **kwargs))
+
+
+def trained_small_model(steps=5):
+    """A model a few optimizer steps away from its init, so its tokens are not i.i.d. any more."""
+    model = small_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(steps):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+@pytest.mark.parametrize('norm', ['l2_gelu', 'gelu_l2'])
+def test_preserve_growth_leaves_every_layer_unchanged(norm):
+    torch.manual_seed(0)
+    layer = Pattention(32, 24, 40, norm=norm)
+    x = torch.randn(5, 32)
+    before = layer(x)
+    grow_pattention(layer, 100)
+    assert layer.num_tokens == 100 and layer.tau.item() == pytest.approx(40 ** 0.5)
+    assert layer.key_tokens[40:].abs().max().item() == 0.0 and layer.value_tokens[40:].abs().min().item() > 0.0
+    assert (layer(x) - before).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_preserve_growth_leaves_the_model_unchanged(train):
+    model = trained_small_model()
+    model.train(train)
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(1)
+    before = model(x)
+    grow_model(model, attn_tokens=256, ffn_tokens=1024)
+    torch.manual_seed(1)  # same dropout / drop-path draws, if any
+    after = model(x)
+    assert (after - before).abs().max().item() <= 1e-5
+    assert model.blocks[1].attn.proj.num_tokens == 256 and model.blocks[0].ffn.num_tokens == 1024
+
+
+def test_paper_growth_changes_the_function_and_recomputes_tau():
+    torch.manual_seed(0)
+    layer = Pattention(64, 64, 100)
+    x = torch.randn(16, 64)
+    before = layer(x)
+    grow_pattention(layer, 400, mode='paper')
+    assert layer.tau.item() == pytest.approx(20.0)
+    # DESIGN §3 measured 1.15 for random keys with the new τ
+    assert ((layer(x) - before).norm() / before.norm()).item() > 0.5
+    model = small_model().eval()
+    img = torch.randn(4, 3, 32, 32)
+    feats = model.forward_features(img)
+    grow_model(model, attn_tokens=256, ffn_tokens=1024, mode='paper')
+    assert model.blocks[0].ffn.tau.item() == pytest.approx(32.0)
+    assert ((model.forward_features(img) - feats).norm() / feats.norm()).item() > 0.05
+
+
+def test_new_tokens_learn_after_preserve_growth():
+    model = trained_small_model()
+    grow_model(model, attn_tokens=256, ffn_tokens=1024)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,))).backward()
+    grad = model.blocks[0].ffn.key_tokens.grad
+    assert grad[768:].abs().max().item() > 0.0  # the new keys get a gradient through their non-zero values
+
+
+def test_growth_works_on_an_ema_copy_and_records_model_args(tmp_path):
+    from timm.utils import ModelEmaV3
+    model = trained_small_model()
+    ema = ModelEmaV3(model, decay=0.9)
+    grow_model(model, 256, 1024)
+    grow_model(ema.module, 256, 1024)
+    ema.update(model)  # shapes agree again
+    assert ema.module.blocks[0].ffn.num_tokens == 1024
+    timm.models.save_for_hf(model, str(tmp_path / 'hf'))
+    rebuilt = timm.create_model(f'local-dir:{tmp_path / "hf"}', pretrained=True)
+    assert rebuilt.blocks[0].attn.q.num_tokens == 256 and rebuilt.blocks[0].ffn.num_tokens == 1024
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_shrinking_and_unknown_modes_are_refused():
+    model = small_model()
+    with pytest.raises(GrowthError, match='Cannot shrink attn_tokens from 192 to 100'):
+        grow_model(model, attn_tokens=100)
+    with pytest.raises(GrowthError, match="Unknown growth mode 'double'"):
+        grow_model(model, attn_tokens=300, mode='double')
+    with pytest.raises(GrowthError, match="use mode='paper'"):
+        grow_pattention(Pattention(8, 8, 8, norm='softmax'), 16)
+
+
+@pytest.mark.parametrize('opt_name', ['adamw', 'lamb', 'sgd'])
+def test_optimizer_growth_keeps_old_state_and_bounds_new_first_update(opt_name):
+    from timm.optim import create_optimizer_v2
+    model = trained_small_model()
+    opt = create_optimizer_v2(model, opt_name, lr=1e-3, weight_decay=0.0, momentum=0.9)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(20):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    key = model.blocks[0].ffn.key_tokens
+    old_state = {k: v.clone() for k, v in opt.state[key].items() if torch.is_tensor(v)}
+    pairs = grow_model(model, attn_tokens=256, ffn_tokens=1024)
+    grow_optimizer(opt, pairs)
+    new_key = model.blocks[0].ffn.key_tokens
+    assert key not in opt.state and new_key in opt.state
+    assert sum(p is new_key for g in opt.param_groups for p in g['params']) == 1
+    for k, v in old_state.items():
+        grown = opt.state[new_key][k]
+        if v.shape == key.shape:
+            torch.testing.assert_close(grown[:768], v, rtol=0, atol=0)
+            assert grown.shape[0] == 1024
+        else:
+            torch.testing.assert_close(grown, v)  # the step count is kept
+    before = new_key.detach().clone()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    delta = (new_key.detach() - before).abs()
+    # the new rows' first update is no larger than the old rows' typical one
+    assert delta[768:].max().item() <= delta[:768].abs().max().item() + 1e-12
+    assert delta[768:].max().item() <= 1e-3 * 1.01
+
+
+def _timm_checkpoint(path, model, arch='tokenformer_vit_tiny', ema=True):
+    ckpt = {'state_dict': model.state_dict(), 'arch': arch, 'epoch': 3,
+            'optimizer': torch.optim.AdamW(model.parameters()).state_dict(), 'version': 2}
+    if ema:
+        ckpt['state_dict_ema'] = copy.deepcopy(model).state_dict()
+    torch.save(ckpt, path)
+
+
+def test_grow_cli_output_loads_strictly_and_computes_the_same(tmp_path, capsys):
+    model = trained_small_model().eval()
+    src, out, hf = tmp_path / 'in.pth.tar', tmp_path / 'out.pth.tar', tmp_path / 'hf'
+    _timm_checkpoint(src, model)
+    rc = grow_main(['--checkpoint', str(src), '--attn-tokens', '256', '--ffn-tokens', '1024',
+                    '--output', str(out), '--hf-dir', str(hf)])
+    printed = capsys.readouterr().out
+    assert rc == 0 and 'dropped optimizer' in printed and 'validate.py' in printed and '--model-kwargs' in printed
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt['growth_history'][-1]['attn_tokens'] == [192, 256] and 'optimizer' not in ckpt
+    grown = timm.create_model('tokenformer_vit_tiny', attn_tokens=256, ffn_tokens=1024, checkpoint_path=str(out),
+                              **SMALL).eval()
+    rebuilt = timm.create_model(f'local-dir:{hf}', pretrained=True).eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert (grown(x) - model(x)).abs().max().item() <= 1e-5
+    assert (rebuilt(x) - model(x)).abs().max().item() <= 1e-5
+
+
+def test_grow_cli_reads_bare_and_safetensors_state_dicts(tmp_path):
+    from safetensors.torch import save_file
+    model = small_model()
+    torch.save(model.state_dict(), tmp_path / 'bare.pth')
+    save_file(model.state_dict(), str(tmp_path / 'm.safetensors'))
+    for src in ('bare.pth', 'm.safetensors'):
+        out = tmp_path / (src + '.grown')
+        assert grow_main(['--checkpoint', str(tmp_path / src), '--ffn-tokens', '900', '--output', str(out)]) == 0
+        assert torch.load(out, weights_only=True)['state_dict']['blocks.1.ffn.key_tokens'].shape == (900, 192)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--attn-tokens', '100'], 'Cannot shrink attn_tokens from 192 to 100'),
+    (['--mode', 'double'], "Unknown growth mode 'double'"),
+    (['--checkpoint-override', 'missing.pth'], 'does not exist'),
+    (['--checkpoint-override', 'not_tokenformer.pth'], 'is not a Tokenformer-ViT checkpoint'),
+])
+def test_grow_cli_bad_requests_exit_2_with_one_sentence_and_write_nothing(tmp_path, args, message):
+    model = small_model()
+    src = tmp_path / 'in.pth.tar'
+    _timm_checkpoint(src, model, ema=False)
+    torch.save(timm.create_model('resnet18', num_classes=2).state_dict(), tmp_path / 'not_tokenformer.pth')
+    if args[0] == '--checkpoint-override':
+        src, args = tmp_path / args[1], []
+    out = tmp_path / 'out.pth.tar'
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(src), '--output', str(out),
+                           *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out.exists() and not list(tmp_path.glob('out.pth.tar*'))
+
+
+def test_timm_script_runs_a_script_as_python_would(tmp_path):
+    script = tmp_path / 'make.py'
+    (tmp_path / 'helper.py').write_text('WIDTH = 192\n')
+    script.write_text(
+        'import sys, timm, helper\n'
+        'assert __name__ == "__main__"\n'
+        'm = timm.create_model(sys.argv[1], img_size=32, patch_size=8, depth=1)\n'
+        'print("ok", sys.argv[0].endswith("make.py"), m.embed_dim == helper.WIDTH, sys.argv[2:])\n')
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.timm_script', str(script), 'tokenformer_vit_tiny',
+                           '--flag', 'x'], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok True True ['--flag', 'x']"
+    missing = subprocess.run([sys.executable, '-m', 'tokenformer_vit.timm_script', str(tmp_path / 'validate.py')],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "clone timm's repository" in missing.stderr
