@@ -1,0 +1,226 @@
+"""Shards (make_shards), the streaming loader (data.build_loader) and the augmentations (transforms)."""
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tokenformer_vit.data import DataError, build_loader
+from tokenformer_vit.make_shards import make_shards
+from tokenformer_vit.transforms import RandAugment, build_train_transform, decode_rgb, seed_worker
+
+
+def image_folder(root, classes=('cat', 'dog', 'eel'), per_class=6, size=(40, 30), seed=0):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f'{c}_{i}.jpg', quality=90)
+    return root
+
+
+def id_shards(root, n, shard_sizes, split='train'):
+    """Shards whose label is the sample's own index, so that coverage can be counted exactly."""
+    import webdataset as wds
+    root.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(buf, format='JPEG')
+    files, i = [], 0
+    for s, size in enumerate(shard_sizes):
+        name = f'ids-{split}-{s:06d}.tar'
+        with wds.TarWriter(str(root / name)) as sink:
+            for _ in range(size):
+                sink.write({'__key__': f'{split}_{i:08d}', 'jpg': buf.getvalue(), 'cls': str(i).encode()})
+                i += 1
+        files.append(name)
+    assert i == n
+    (root / '_info.json').write_text(json.dumps({'name': 'ids', 'splits': {split: {
+        'name': split, 'num_samples': n, 'filenames': files, 'shard_lengths': list(shard_sizes)}}}))
+    return root
+
+
+def targets(loader):
+    return [t for _, y in loader for t in y.tolist()]
+
+
+def test_write_read_round_trip_keeps_keys_labels_and_bytes(tmp_path):
+    src = image_folder(tmp_path / 'in')
+    entry = make_shards(str(src), 'validation', tmp_path / 'out', shard_size=5, workers=1, progress=False)
+    assert entry['num_samples'] == 18 and entry['shard_lengths'] == [5, 5, 5, 3]
+    seen = {}
+    for name in entry['filenames']:
+        with tarfile.open(tmp_path / 'out' / name) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split('.', 1)
+                seen.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    assert all('.' not in k for k in seen) and len(seen) == 18
+    for sample in seen.values():
+        meta = json.loads(sample['json'])
+        assert ['cat', 'dog', 'eel'].index(meta['class']) == int(sample['cls'])
+        assert sample['jpg'] == (src / meta['file']).read_bytes()  # small JPEGs are stored byte for byte
+    info = json.loads((tmp_path / 'out' / '_info.json').read_text())
+    assert info['splits']['validation']['filenames'] == entry['filenames']
+
+
+def test_timm_reads_our_shards_with_the_right_labels(tmp_path):
+    from timm.data import create_dataset
+    src = image_folder(tmp_path / 'in')
+    make_shards(str(src), 'train', tmp_path / 'out', shard_size=4, progress=False, name='toy')
+    ds = create_dataset('wds/toy', root=str(tmp_path / 'out'), split='train', is_training=False)
+    got = sorted(int(t) for _, t in ds)
+    assert got == sorted([0] * 6 + [1] * 6 + [2] * 6)
+
+
+def test_class_list_sets_indices_and_greyscale_cmyk_png_become_rgb_jpeg(tmp_path):
+    src = tmp_path / 'in'
+    for c in ('b', 'a'):
+        (src / c).mkdir(parents=True)
+    Image.new('L', (20, 20), 90).save(src / 'a' / 'grey.jpg')
+    Image.new('CMYK', (20, 20), (0, 50, 100, 0)).save(src / 'a' / 'cmyk.jpg')
+    Image.new('RGB', (700, 350), (10, 200, 30)).save(src / 'b' / 'big.png')
+    (tmp_path / 'classes.txt').write_text('z\nb\na\n')
+    entry = make_shards(str(src), 'train', tmp_path / 'out', class_list=tmp_path / 'classes.txt', max_side=512,
+                        progress=False)
+    with tarfile.open(tmp_path / 'out' / entry['filenames'][0]) as tar:
+        samples = {}
+        for m in tar.getmembers():
+            key, ext = m.name.split('.', 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    for s in samples.values():
+        meta = json.loads(s['json'])
+        assert int(s['cls']) == {'b': 1, 'a': 2}[meta['class']]
+        img = decode_rgb(s['jpg'])
+        assert img.ndim == 3 and img.shape[2] == 3
+        if meta['file'].endswith('big.png'):
+            assert Image.open(io.BytesIO(s['jpg'])).format == 'JPEG' and img.shape[:2] == (256, 512)
+
+
+def test_corrupt_images_are_skipped_named_and_counted(tmp_path, capsys):
+    src = image_folder(tmp_path / 'in', per_class=2)
+    (src / 'cat' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+    entry = make_shards(str(src), 'train', tmp_path / 'out', progress=False)
+    assert entry['num_samples'] == 6 and entry['skipped'] == 1
+    assert 'broken.jpg' in capsys.readouterr().err
+
+
+def test_rerun_leaves_no_temporary_or_stale_files_and_merges_splits(tmp_path):
+    src = image_folder(tmp_path / 'in')
+    make_shards(str(src), 'train', tmp_path / 'out', shard_size=2, progress=False)
+    make_shards(str(src), 'validation', tmp_path / 'out', shard_size=9, progress=False)
+    make_shards(str(src), 'train', tmp_path / 'out', shard_size=9, progress=False)
+    names = sorted(p.name for p in (tmp_path / 'out').iterdir())
+    assert names == ['_info.json', 'out-train-000000.tar', 'out-train-000001.tar',
+                     'out-validation-000000.tar', 'out-validation-000001.tar']
+    info = json.loads((tmp_path / 'out' / '_info.json').read_text())
+    assert set(info['splits']) == {'train', 'validation'}
+
+
+def test_make_shards_bad_requests_exit_2_with_one_sentence(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.make_shards', '--input', str(tmp_path / 'nope'),
+                           '--split', 'train', '--output', str(tmp_path / 'out')], capture_output=True, text=True)
+    assert proc.returncode == 2 and 'does not exist' in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_fashion_mnist_input_builds_rgb_shards(tmp_path):
+    entry = make_shards('fashion-mnist', 'validation', tmp_path / 'fm', shard_size=2500, workers=2, progress=False)
+    assert entry['num_samples'] == 10_000 and entry['num_classes'] == 10
+    loader = build_loader(str(tmp_path / 'fm'), 'validation', 500, False, num_workers=0, img_size=28, crop_pct=1.0)
+    x, y = next(iter(loader))
+    assert x.shape == (500, 3, 28, 28) and x.dtype == torch.uint8 and 0 <= int(y.min()) and int(y.max()) <= 9
+
+
+@pytest.mark.parametrize('world', [1, 2, 3])
+def test_evaluation_sees_every_sample_exactly_once(tmp_path, world):
+    root = id_shards(tmp_path / 'ids', 50, [20, 20, 10], split='validation')
+    seen = []
+    for rank in range(world):
+        seen += targets(build_loader(str(root), 'validation', 7, False, num_workers=2, img_size=8, crop_pct=1.0,
+                                     world_size=world, rank=rank))
+    assert sorted(seen) == list(range(50))
+
+
+@pytest.mark.parametrize('world', [1, 2, 4])
+@pytest.mark.parametrize('workers', [0, 2])
+def test_training_batches_are_equal_disjoint_and_reshuffled(tmp_path, world, workers):
+    root = id_shards(tmp_path / 'ids', 90, [30, 30, 20, 10])
+    bs = 5
+    per_rank = []
+    for rank in range(world):
+        loader = build_loader(str(root), 'train', bs, True, num_workers=workers, img_size=8, world_size=world,
+                              rank=rank, seed=3, epoch=0, rand_augment=False, reprob=0)
+        batches = [y.tolist() for _, y in loader]
+        assert len(batches) == 90 // (world * bs) == len(loader) and all(len(b) == bs for b in batches)
+        per_rank.append([t for b in batches for t in b])
+    flat = [t for r in per_rank for t in r]
+    # the shards are dealt out balanced by size: a short share repeats less than one shard's worth
+    assert len(set(flat)) >= len(flat) - 30
+    for a in range(world):
+        for b in range(a + 1, world):
+            assert not set(per_rank[a]) & set(per_rank[b])
+    again = build_loader(str(root), 'train', bs, True, num_workers=workers, img_size=8, world_size=world, rank=0,
+                         seed=3, epoch=0, rand_augment=False, reprob=0)
+    assert targets(again) == per_rank[0]  # deterministic for a seed and epoch
+    again.dataset.set_epoch(1)
+    assert targets(again) != per_rank[0]  # another order next epoch
+
+
+def test_corrupt_sample_unlabelled_sample_and_truncated_tar_are_skipped(tmp_path):
+    root = id_shards(tmp_path / 'ids', 12, [6, 6], split='validation')
+    import webdataset as wds
+    with wds.TarWriter(str(root / 'ids-validation-000000.tar')) as sink:
+        sink.write({'__key__': 'validation_00000000', 'jpg': b'garbage', 'cls': b'0'})
+        sink.write({'__key__': 'validation_00000001', 'jpg': (root / '_info.json').read_bytes()[:3]})
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format='JPEG')
+        for i in range(2, 6):
+            sink.write({'__key__': f'validation_{i:08d}', 'jpg': buf.getvalue(), 'cls': str(i).encode()})
+    data = (root / 'ids-validation-000001.tar').read_bytes()
+    (root / 'ids-validation-000001.tar').write_bytes(data[:len(data) // 2])
+    with pytest.warns(UserWarning) as record:
+        seen = targets(build_loader(str(root), 'validation', 4, False, num_workers=0, img_size=8, crop_pct=1.0))
+    assert seen[:4] == [2, 3, 4, 5] and len(seen) < 10
+    text = ' '.join(str(w.message) for w in record)
+    assert 'could not be decoded' in text and 'no .jpg or .cls' in text and 'unreadable tar data' in text
+
+
+def test_missing_root_split_or_info_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match='does not exist'):
+        build_loader(str(tmp_path / 'none'), 'train', 4, True)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(DataError, match='_info.json is missing'):
+        build_loader(str(tmp_path / 'empty'), 'train', 4, True)
+    root = id_shards(tmp_path / 'ids', 10, [10])
+    with pytest.raises(DataError, match="Split 'validation' is not in"):
+        build_loader(str(root), 'validation', 4, False)
+
+
+def test_workers_do_not_repeat_each_others_augmentations():
+    img = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    outs = []
+    for worker in range(3):
+        t = build_train_transform(32, normalize=False)
+        seed_worker(t, seed=0, worker=worker, num_workers=3)
+        outs.append(t(image=img)['image'])
+    assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
+    t = build_train_transform(32, normalize=False)
+    seed_worker(t, seed=0, worker=0, num_workers=3)
+    assert np.array_equal(t(image=img)['image'], outs[0])
+
+
+def test_rand_augment_ops_all_run_and_change_the_image():
+    img = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    ra = RandAugment()
+    changed = 0
+    for name in RandAugment.OPS:
+        if name == 'SolarizeAdd':
+            continue
+        out = ra._op(name, 9.0, 1.0)(image=img)['image']
+        assert out.shape == img.shape and out.dtype == np.uint8
+        changed += not np.array_equal(out, img)
+    assert changed >= len(RandAugment.OPS) - 2

@@ -1,0 +1,225 @@
+"""Write an image-folder data set as WebDataset tar shards that timm's `wds/` reader reads as they are.
+
+    python -m tokenformer_vit.make_shards --input DIR --split {train,validation} --output ROOT \\
+        [--class-list FILE] [--shard-size 1024] [--max-side 512] [--workers N] [--name NAME]
+    python -m tokenformer_vit.make_shards --input fashion-mnist --split train --output ROOT
+
+DIR holds one folder per class; the class index is the folder's rank in sorted order, or its line
+in --class-list (e.g. the 1,000 ImageNet synsets in class-index order). Each sample is KEY.jpg,
+KEY.cls (the index as ASCII) and KEY.json (original file name, class name), with keys free of dots.
+Samples are shuffled once (fixed seed) before sharding, so that a shard mixes classes. The split is
+merged into ROOT/_info.json (DESIGN §5). JPEGs that need no resizing are stored byte for byte;
+other images are converted to RGB, resized so the longer side is at most --max-side, and encoded at
+quality 95. An unreadable image is skipped, named and counted. Shards and _info.json are written to
+temporary names and renamed, so a killed or repeated run never leaves half a file behind.
+"""
+import argparse
+import io
+import json
+import os
+import random
+import sys
+import tempfile
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
+SPLITS = ('train', 'validation')
+JPEG_QUALITY = 95
+
+# one sample to write: (key, class index, class name, source path or raw image, original file name)
+Item = Tuple[str, int, str, object, str]
+
+
+class ShardError(ValueError):
+    """A request make_shards cannot carry out; the message names the fix."""
+
+
+def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[List[Tuple[Path, int]], List[str]]:
+    """(path, class index) of every image under root/CLASS/, and the class names by index."""
+    if not root.is_dir():
+        raise ShardError(f'Input folder {root} does not exist: pass a folder with one sub-folder per class.')
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if class_list is not None:
+        if not class_list.is_file():
+            raise ShardError(f'Class list {class_list} does not exist: pass a text file with one class name a line.')
+        classes = [line.strip() for line in class_list.read_text().splitlines() if line.strip()]
+        unknown = sorted(set(folders) - set(classes))
+        if unknown:
+            raise ShardError(f'{len(unknown)} folder(s) of {root} are not in {class_list} (e.g. {unknown[0]}): '
+                             f'fix the class list or the folder names.')
+    else:
+        classes = folders
+    if not folders:
+        raise ShardError(f'Input folder {root} has no class sub-folders: expected {root}/CLASS/IMAGE.jpg.')
+    index = {name: i for i, name in enumerate(classes)}
+    items = []
+    for name in folders:
+        for path in sorted((root / name).rglob('*')):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                items.append((path, index[name]))
+    if not items:
+        raise ShardError(f'Input folder {root} holds no images ({", ".join(IMAGE_EXTENSIONS)}).')
+    return items, classes
+
+
+def encode_sample(source, max_side: int) -> bytes:
+    """JPEG bytes for one image: the original bytes when they can stay, else RGB, resized, quality 95."""
+    raw = source.read_bytes() if isinstance(source, Path) else None
+    img = Image.open(io.BytesIO(raw)) if raw is not None else source
+    fmt, mode, size = img.format, img.mode, img.size
+    img.load()  # decode fully: a truncated or corrupt file fails here, not in training
+    if raw is not None and fmt == 'JPEG' and mode in ('RGB', 'L') and max(size) <= max_side:
+        return raw
+    img = img.convert('RGB')
+    if max(size) > max_side:
+        scale = max_side / max(size)
+        img = img.resize((max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), Image.BICUBIC)
+    out = io.BytesIO()
+    img.save(out, format='JPEG', quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def _write_shard(job) -> Tuple[str, int, List[str]]:
+    """Write one shard atomically; returns (file name, samples written, names of skipped images)."""
+    import webdataset as wds
+    path, items, max_side = job
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    written, skipped = 0, []
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            with wds.TarWriter(f) as sink:
+                for key, label, class_name, source, file_name in items:
+                    try:
+                        jpg = encode_sample(source, max_side)
+                    except Exception as e:  # noqa: BLE001 - any unreadable image is skipped and named
+                        skipped.append(f'{file_name} ({e.__class__.__name__}: {e})')
+                        continue
+                    sink.write({'__key__': key, 'jpg': jpg, 'cls': str(label).encode(),
+                                'json': json.dumps({'file': file_name, 'class': class_name}).encode()})
+                    written += 1
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path.name, written, skipped
+
+
+def _fashion_mnist_items(split: str) -> Tuple[List[Item], List[str]]:
+    from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+    images, labels = load_fashion_mnist('train' if split == 'train' else 'test')
+    items = []
+    for i, (img, label) in enumerate(zip(images, labels)):
+        pil = Image.fromarray(img).convert('RGB')
+        items.append((None, int(label), FASHION_MNIST_CLASSES[label], pil, f'fashion-mnist/{split}/{i:05d}'))
+    return items, list(FASHION_MNIST_CLASSES)
+
+
+def _write_json_atomic(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    with os.fdopen(fd, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def make_shards(input: str, split: str, output: os.PathLike, class_list: Optional[os.PathLike] = None,
+                shard_size: int = 1024, max_side: int = 512, workers: int = 1, name: Optional[str] = None,
+                seed: int = 0, progress: bool = True) -> Dict:
+    """Write `split` of an image folder (or 'fashion-mnist') as shards under `output`; returns its _info entry."""
+    if split not in SPLITS:
+        raise ShardError(f"Unknown split {split!r}: use 'train' or 'validation'.")
+    if shard_size < 1 or max_side < 1:
+        raise ShardError('--shard-size and --max-side must be positive.')
+    root = Path(output)
+    root.mkdir(parents=True, exist_ok=True)
+    name = name or root.resolve().name
+    if '.' in name or '-' in name:
+        raise ShardError(f'Data set name {name!r} may not contain dots or dashes: pass --name.')
+    if input == 'fashion-mnist':
+        items, classes = _fashion_mnist_items(split)
+    else:
+        files, classes = list_image_folder(Path(input), Path(class_list) if class_list else None)
+        items = [(None, label, classes[label], path, str(path.relative_to(input))) for path, label in files]
+    random.Random(seed).shuffle(items)
+    items = [(f'{split}_{i:08d}', label, cname, src, fname) for i, (_, label, cname, src, fname) in enumerate(items)]
+    for stale in root.glob(f'.{name}-{split}-*.tmp'):
+        stale.unlink()
+    jobs = [(str(root / f'{name}-{split}-{i:06d}.tar'), items[s:s + shard_size], max_side)
+            for i, s in enumerate(range(0, len(items), shard_size))]
+
+    results = {}
+    skipped: List[str] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), desc=f'{name}/{split}', unit='img', file=sys.stderr)
+    with Pool(max(1, workers)) if workers > 1 else _Inline() as pool:
+        for (shard, count, bad), job in zip(pool.imap(_write_shard, jobs), jobs):
+            results[shard] = count
+            skipped += bad
+            if bar is not None:
+                bar.update(len(job[1]))
+    if bar is not None:
+        bar.close()
+    filenames = [Path(j[0]).name for j in jobs]
+    keep = set(filenames)
+    for old in root.glob(f'{name}-{split}-*.tar'):
+        if old.name not in keep:  # from an earlier run with more shards
+            old.unlink()
+    entry = dict(name=split, num_samples=sum(results.values()), filenames=filenames,
+                 shard_lengths=[results[f] for f in filenames], num_classes=len(classes), skipped=len(skipped))
+    info_path = root / '_info.json'
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info['name'] = name
+    info.setdefault('splits', {})[split] = entry
+    info['classes'] = classes
+    _write_json_atomic(info, info_path)
+    for s in skipped:
+        print(f'skipped unreadable image: {s}', file=sys.stderr)
+    return entry
+
+
+class _Inline:
+    """A stand-in for a process pool that maps in this process (workers=1)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap(fn, jobs: Sequence):
+        return map(fn, jobs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', required=True, help="image folder (one folder per class), or 'fashion-mnist'")
+    parser.add_argument('--split', required=True, choices=SPLITS)
+    parser.add_argument('--output', required=True, help='the shard folder (ROOT); _info.json is merged there')
+    parser.add_argument('--class-list', default=None, help='text file: class names in class-index order')
+    parser.add_argument('--shard-size', type=int, default=1024)
+    parser.add_argument('--max-side', type=int, default=512, help='resize so the longer side is at most this')
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
+    parser.add_argument('--name', default=None, help="the data set's name (default: ROOT's folder name)")
+    args = parser.parse_args(argv)
+    try:
+        entry = make_shards(args.input, args.split, args.output, args.class_list, args.shard_size, args.max_side,
+                            args.workers, args.name)
+    except (ShardError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f'{args.split}: {entry["num_samples"]} samples in {len(entry["filenames"])} shards under {args.output}'
+          + (f', {entry["skipped"]} unreadable image(s) skipped' if entry['skipped'] else ''))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
