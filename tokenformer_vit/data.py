@@ -165,7 +165,8 @@ class ShardStream(IterableDataset):
         yield from buf
 
     def _batch(self, items) -> Tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(np.stack([im for im, _ in items])).permute(0, 3, 1, 2).contiguous()
+        # N×C×H×W in channels-last memory: the H×W×C images stacked, no copy to planar layout
+        images = torch.from_numpy(np.stack([im for im, _ in items])).permute(0, 3, 1, 2)
         return images, torch.tensor([t for _, t in items], dtype=torch.int64)
 
     def __iter__(self):

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import sys
+import tarfile
 import tempfile
 from multiprocessing import Pool
 from pathlib import Path
@@ -92,7 +93,8 @@ def _write_shard(job) -> Tuple[str, int, List[str]]:
     written, skipped = 0, []
     try:
         with os.fdopen(fd, 'wb') as f:
-            with wds.TarWriter(f) as sink:
+            # plain ustar with a fixed mtime: no per-member PAX header to parse, and reproducible shards
+            with wds.TarWriter(f, format=tarfile.USTAR_FORMAT, mtime=0) as sink:
                 for key, label, class_name, source, file_name in items:
                     try:
                         jpg = encode_sample(source, max_side)
