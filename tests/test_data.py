@@ -12,7 +12,7 @@ from PIL import Image
 
 from tokenformer_vit.data import DataError, build_loader
 from tokenformer_vit.make_shards import make_shards
-from tokenformer_vit.transforms import RandAugment, build_train_transform, decode_rgb, seed_worker
+from tokenformer_vit.transforms import RandAugment, build_mixup, build_train_transform, decode_rgb, normalize_batch, seed_worker
 
 
 def image_folder(root, classes=('cat', 'dog', 'eel'), per_class=6, size=(40, 30), seed=0):
@@ -224,3 +224,14 @@ def test_rand_augment_ops_all_run_and_change_the_image():
         assert out.shape == img.shape and out.dtype == np.uint8
         changed += not np.array_equal(out, img)
     assert changed >= len(RandAugment.OPS) - 2
+
+
+def test_batches_normalise_and_mix_with_timm_mixup(tmp_path):
+    root = id_shards(tmp_path / 'ids', 8, [8])
+    x, y = next(iter(build_loader(str(root), 'train', 8, True, num_workers=0, img_size=8, rand_augment=False, reprob=0)))
+    x = normalize_batch(x, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, (128 / 255 - 0.5) / 0.25), atol=0.05)
+    mixup = build_mixup(num_classes=8, mixup=0.8, cutmix=0.0, smoothing=0.1)
+    _, soft = mixup(x.clone(), y)
+    assert soft.shape == (8, 8) and torch.allclose(soft.sum(1), torch.ones(8)) and soft.max() < 1.0
+    assert build_mixup(8, 0.0, 0.0) is None

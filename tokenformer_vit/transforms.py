@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 __all__ = ['decode_rgb', 'RandAugment', 'build_train_transform', 'build_eval_transform', 'normalize_batch',
-           'seed_worker']
+           'build_mixup', 'seed_worker']
 
 cv2.setNumThreads(1)  # one decoding thread per DataLoader worker
 
@@ -157,6 +157,14 @@ def build_eval_transform(img_size: int = 224, crop_pct: float = 0.875, mean: Seq
     if normalize:
         ops.append(A.Normalize(mean=mean, std=std))
     return A.Compose(ops)
+
+
+def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoothing: float = 0.1):
+    """timm's Mixup/CutMix with label smoothing, applied to a normalised float batch; None when both are off."""
+    if not mixup and not cutmix:
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes)
 
 
 def seed_worker(transform: A.Compose, seed: int, rank: int = 0, worker: int = 0, epoch: int = 0,
