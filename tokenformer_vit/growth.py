@@ -8,7 +8,7 @@ initialised like fresh tokens and τ is recomputed from the new count, as the of
 which changes the function.
 """
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn as nn
 from .checkpoint import CheckpointError
 from .pattention import Pattention
 
-__all__ = ['GROWTH_MODES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'grow_model', 'grow_optimizer', 'pattention_token_counts']
+__all__ = ['GROWTH_MODES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'grow_model', 'grow_optimizer']
 
 GROWTH_MODES = ('preserve', 'paper')
 
@@ -78,11 +78,6 @@ def grow_pattention(layer: Pattention, num_tokens: int, mode: str = 'preserve',
         layer.value_tokens = nn.Parameter(value, requires_grad=old_value.requires_grad)
         layer.tau.copy_(tau)
     return [(old_key, layer.key_tokens), (old_value, layer.value_tokens)]
-
-
-def pattention_token_counts(model: nn.Module) -> Dict[str, int]:
-    """The token count of every Pattention of a model, by module name."""
-    return {name: m.num_tokens for name, m in model.named_modules() if isinstance(m, Pattention)}
 
 
 def grow_model(model: nn.Module, attn_tokens: Optional[int] = None, ffn_tokens: Optional[int] = None,
