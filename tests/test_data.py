@@ -140,8 +140,11 @@ def test_evaluation_sees_every_sample_exactly_once(tmp_path, world):
     root = id_shards(tmp_path / 'ids', 50, [20, 20, 10], split='validation')
     seen = []
     for rank in range(world):
-        seen += targets(build_loader(str(root), 'validation', 7, False, num_workers=2, img_size=8, crop_pct=1.0,
-                                     world_size=world, rank=rank))
+        loader = build_loader(str(root), 'validation', 7, False, num_workers=2, img_size=8, crop_pct=1.0,
+                              world_size=world, rank=rank)
+        batches = [y.tolist() for _, y in loader]
+        assert len(batches) == len(loader)
+        seen += [t for b in batches for t in b]
     assert sorted(seen) == list(range(50))
 
 

@@ -1,4 +1,5 @@
 """Checkpoints on disk: read in any of the formats we meet, written atomically."""
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -6,7 +7,7 @@ from typing import Any, Dict
 
 import torch
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'save_atomic']
+__all__ = ['CheckpointError', 'atomic_file', 'read_checkpoint', 'save_atomic']
 
 
 class CheckpointError(ValueError):
@@ -34,17 +35,26 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
     return ckpt
 
 
-def save_atomic(obj: Any, path: os.PathLike) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a reader never sees half a file."""
+@contextlib.contextmanager
+def atomic_file(path: os.PathLike, mode: str = 'wb'):
+    """Open a temporary file beside `path`; on success it is synced and renamed to `path` (mode 0644),
+    on any error removed: a reader never sees half a file, a killed writer leaves only a hidden .tmp."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj: Any, path: os.PathLike) -> None:
+    """torch.save through `atomic_file`."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)

@@ -16,14 +16,13 @@ Images are decoded to uint8 RGB in the workers, augmented there (transforms.py),
 uint8; `normalize_batch` turns a batch into the model's normalised float input on its device. Bad
 data (a corrupt JPEG, a sample without a label, a truncated tar) is skipped with a counted warning.
 """
-import io
 import json
 import math
 import random
 import tarfile
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -94,6 +93,7 @@ class ShardStream(IterableDataset):
         self.lengths = dict(zip(self.files, entry.get('shard_lengths') or [1] * len(self.files)))
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
+        self.num_workers = 0  # the DataLoader's, set by build_loader: evaluation batches are per worker
         if training:
             self.transform = build_train_transform(img_size, rand_augment=rand_augment, color_jitter=color_jitter,
                                                    reprob=reprob, normalize=False)
@@ -111,7 +111,14 @@ class ShardStream(IterableDataset):
     def __len__(self) -> int:
         if self.training:
             return self.batches_per_rank
-        return math.ceil(math.ceil(self.num_samples / self.world_size) / self.batch_size)
+        workers, total = max(1, self.num_workers), 0
+        for w in range(workers):  # each worker ends with its own partial batch
+            files, stride, offset = self._assignment(w, workers)
+            count = sum(self.lengths[f] for f in files)
+            if stride > 1:
+                count = count // stride + (offset < count % stride)
+            total += math.ceil(count / self.batch_size)
+        return total
 
     def _assignment(self, worker: int, num_workers: int) -> Tuple[List[Path], int, int]:
         """(shards to read, keep every `stride`-th sample, starting at `offset`) for this rank and worker."""
@@ -187,7 +194,7 @@ class ShardStream(IterableDataset):
             return
         quota = self.batches_per_rank // num_workers + (worker < self.batches_per_rank % num_workers)
         rng = random.Random(((self.seed * 100_003 + self.epoch) * 1_009 + self.rank) * 1_009 + worker)
-        batch, made, passes = [], 0, 0
+        batch, made = [], 0
         while made < quota:
             got = 0
             for image, label in self._shuffled(self._samples(files, stride, offset, counter), rng):
@@ -198,7 +205,6 @@ class ShardStream(IterableDataset):
                     batch, made = [], made + 1
                     if made == quota:
                         return
-            passes += 1
             if got == 0:
                 raise DataError(f'rank {self.rank} worker {worker} found no readable samples in its shards')
             rng.shuffle(files)  # a short share starts again, in another order
@@ -214,5 +220,6 @@ def build_loader(root: str, split: str, batch_size: int, training: bool, num_wor
     """
     stream = ShardStream(root, split, batch_size, training, img_size, world_size, rank, seed, epoch, crop_pct,
                          rand_augment, color_jitter, reprob, shuffle_buffer)
+    stream.num_workers = num_workers
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None)

@@ -74,7 +74,6 @@ def write_hf_dir(arch: str, state_dict: Dict[str, torch.Tensor], attn_tokens: in
                  hf_dir: os.PathLike) -> None:
     """A folder that `timm.create_model("local-dir:DIR")` rebuilds at the grown size."""
     import timm
-    import tokenformer_vit  # noqa: F401
     kwargs = _model_kwargs(state_dict)
     model = timm.create_model(arch, attn_tokens=attn_tokens, ffn_tokens=ffn_tokens, **kwargs)
     model.load_state_dict({k.replace('module.', '', 1): v for k, v in state_dict.items()})
@@ -160,7 +159,6 @@ def _validate_flags(arch: Optional[str], state_dict: Dict[str, torch.Tensor]) ->
     defaults = dict(img_size=224, patch_size=16)
     if arch:
         import timm
-        import tokenformer_vit  # noqa: F401
         defaults['depth'] = len(timm.create_model(arch, device='meta').blocks)
     model_kwargs = ''.join(f' {k}={kwargs[k]}' for k in ('patch_size', 'img_size', 'depth')
                            if k in defaults and defaults[k] != kwargs[k])

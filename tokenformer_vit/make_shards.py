@@ -20,12 +20,13 @@ import os
 import random
 import sys
 import tarfile
-import tempfile
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
+
+from .checkpoint import atomic_file
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 SPLITS = ('train', 'validation')
@@ -89,26 +90,19 @@ def _write_shard(job) -> Tuple[str, int, List[str]]:
     import webdataset as wds
     path, items, max_side = job
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     written, skipped = 0, []
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            # plain ustar with a fixed mtime: no per-member PAX header to parse, and reproducible shards
-            with wds.TarWriter(f, format=tarfile.USTAR_FORMAT, mtime=0) as sink:
-                for key, label, class_name, source, file_name in items:
-                    try:
-                        jpg = encode_sample(source, max_side)
-                    except Exception as e:  # noqa: BLE001 - any unreadable image is skipped and named
-                        skipped.append(f'{file_name} ({e.__class__.__name__}: {e})')
-                        continue
-                    sink.write({'__key__': key, 'jpg': jpg, 'cls': str(label).encode(),
-                                'json': json.dumps({'file': file_name, 'class': class_name}).encode()})
-                    written += 1
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        # plain ustar with a fixed mtime: no per-member PAX header to parse, and reproducible shards
+        with wds.TarWriter(f, format=tarfile.USTAR_FORMAT, mtime=0) as sink:
+            for key, label, class_name, source, file_name in items:
+                try:
+                    jpg = encode_sample(source, max_side)
+                except Exception as e:  # noqa: BLE001 - any unreadable image is skipped and named
+                    skipped.append(f'{file_name} ({e.__class__.__name__}: {e})')
+                    continue
+                sink.write({'__key__': key, 'jpg': jpg, 'cls': str(label).encode(),
+                            'json': json.dumps({'file': file_name, 'class': class_name}).encode()})
+                written += 1
     return path.name, written, skipped
 
 
@@ -120,14 +114,6 @@ def _fashion_mnist_items(split: str) -> Tuple[List[Item], List[str]]:
         pil = Image.fromarray(img).convert('RGB')
         items.append((None, int(label), FASHION_MNIST_CLASSES[label], pil, f'fashion-mnist/{split}/{i:05d}'))
     return items, list(FASHION_MNIST_CLASSES)
-
-
-def _write_json_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    with os.fdopen(fd, 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def make_shards(input: str, split: str, output: os.PathLike, class_list: Optional[os.PathLike] = None,
@@ -150,7 +136,7 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
         items = [(None, label, classes[label], path, str(path.relative_to(input))) for path, label in files]
     random.Random(seed).shuffle(items)
     items = [(f'{split}_{i:08d}', label, cname, src, fname) for i, (_, label, cname, src, fname) in enumerate(items)]
-    for stale in root.glob(f'.{name}-{split}-*.tmp'):
+    for stale in root.glob(f'.{name}-{split}-*.tmp'):  # left by a killed run
         stale.unlink()
     jobs = [(str(root / f'{name}-{split}-{i:06d}.tar'), items[s:s + shard_size], max_side)
             for i, s in enumerate(range(0, len(items), shard_size))]
@@ -181,7 +167,8 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
     info['name'] = name
     info.setdefault('splits', {})[split] = entry
     info['classes'] = classes
-    _write_json_atomic(info, info_path)
+    with atomic_file(info_path, 'w') as f:
+        json.dump(info, f, indent=1)
     for s in skipped:
         print(f'skipped unreadable image: {s}', file=sys.stderr)
     return entry

@@ -28,7 +28,7 @@ Albumentations does not reseed forked workers: `seed_worker` does it, from the l
 rank, the worker and the epoch, so no two workers repeat each other's augmentations.
 """
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import albumentations as A
 import cv2
