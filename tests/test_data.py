@@ -238,3 +238,26 @@ def test_batches_normalise_and_mix_with_timm_mixup(tmp_path):
     _, soft = mixup(x.clone(), y)
     assert soft.shape == (8, 8) and torch.allclose(soft.sum(1), torch.ones(8)) and soft.max() < 1.0
     assert build_mixup(8, 0.0, 0.0) is None
+
+
+def test_fashion_mnist_downloads_once_checked_and_atomically(tmp_path, monkeypatch):
+    from tokenformer_vit import fashion_mnist as fm
+    src = fm.DEFAULT_ROOT  # the Debian files stand in for the official server
+    md5 = {name: fm._md5_of(src / name) for name in fm.MD5}
+    monkeypatch.setattr(fm, 'MD5', md5)
+    monkeypatch.setattr(fm, 'DEFAULT_ROOT', tmp_path / 'no-debian-package')
+    monkeypatch.setattr(fm, 'CACHE_ROOT', tmp_path / 'cache')
+    monkeypatch.delenv('FASHION_MNIST_ROOT', raising=False)
+    dead, good = (tmp_path / 'dead').as_uri() + '/', src.as_uri() + '/'
+    monkeypatch.setattr(fm, 'MIRRORS', (dead, good))
+    images, labels = fm.load_fashion_mnist('test')
+    assert images.shape == (10_000, 28, 28) and sorted(set(labels.tolist())) == list(range(10))
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == sorted(md5)  # no temporary left
+    monkeypatch.setattr(fm, 'MIRRORS', (dead,))
+    assert fm.load_fashion_mnist('test')[0].shape == (10_000, 28, 28)  # cached: no download needed
+    monkeypatch.setattr(fm, 'MD5', dict(md5, **{'t10k-labels-idx1-ubyte.gz': '0' * 32}))
+    (tmp_path / 'cache' / 't10k-labels-idx1-ubyte.gz').unlink()
+    with pytest.raises(RuntimeError, match='Could not download Fashion-MNIST t10k-labels.*MD5'):
+        fm.download_fashion_mnist(tmp_path / 'cache', (good,))
+    assert not (tmp_path / 'cache' / 't10k-labels-idx1-ubyte.gz').exists()
+    assert not [p for p in (tmp_path / 'cache').iterdir() if p.name.startswith('.')]

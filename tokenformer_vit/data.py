@@ -19,13 +19,13 @@ data (a corrupt JPEG, a sample without a label, a truncated tar) is skipped with
 import json
 import math
 import random
-import tarfile
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .transforms import build_eval_transform, build_train_transform, decode_rgb, seed_worker
@@ -48,27 +48,81 @@ def read_info(root: str) -> Dict:
     return json.loads(path.read_text())
 
 
-def _iter_tar(path: Path, counter: Dict[str, int]) -> Iterator[Dict[str, bytes]]:
-    """Samples (key -> {ext: bytes}) of one tar, grouped by key; a truncated tar ends with a warning."""
-    current, key = {}, None
-    try:
-        with tarfile.open(path, 'r|') as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base, _, ext = member.name.rpartition('/')[2].partition('.')
-                if base != key:
-                    if current:
-                        yield current
-                    current, key = {'__key__': base}, base
-                current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        counter['truncated'] += 1
-        warnings.warn(f'{path.name}: unreadable tar data after key {key} ({e.__class__.__name__}); '
-                      f'skipping the rest of the shard ({counter["truncated"]} so far in this worker)')
-        return
-    if current:
-        yield current
+class _Counter(dict):
+    """Bad data seen by one worker: counted, each occurrence warned about with the running total."""
+
+    def __init__(self):
+        super().__init__(truncated=0, unlabelled=0, corrupt=0)
+
+    def warn(self, kind: str, message: str) -> None:
+        self[kind] += 1
+        warnings.warn(f'{message} ({self[kind]} so far in this worker)')
+
+    def tar_error(self, exn: Exception) -> bool:
+        """webdataset's handler for errors while reading a tar: warn, count, go on to the next shard."""
+        where = next((a for a in exn.args if isinstance(a, str) and a.endswith('.tar')), 'a shard')
+        self.warn('truncated', f'{Path(where).name}: unreadable tar data ({exn.__class__.__name__}); '
+                               f'skipping the rest of the shard')
+        return True
+
+
+class TarError(OSError):
+    """A shard that cannot be read past some point (truncated or damaged)."""
+
+
+def _ustar_members(url: str) -> Iterator[Dict]:
+    """The regular files of a plain tar (what make_shards writes), read in one go and parsed without
+    tarfile: ~10x less time per member, a third of the per-image cost otherwise. Members are yielded
+    as webdataset's tar expander yields them; a tar with other member types (PAX, GNU long names)
+    goes through webdataset's own reader; damage raises TarError after the intact members."""
+    data = Path(url).read_bytes()
+    members, pos, end = [], 0, len(data)
+    while True:
+        if pos + 512 > end:
+            problem = 'ends inside a header'
+            break
+        header = data[pos:pos + 512]
+        if header == _ZERO_BLOCK:
+            problem = None
+            break
+        if header[257:262] != b'ustar' or sum(header) - sum(header[148:156]) + 256 != int(header[148:155].strip(b' \0') or b'0', 8):
+            problem = 'has a damaged header'
+            break
+        kind, size = header[156:157], int(header[124:135].strip(b' \0') or b'0', 8)
+        if kind not in (b'0', b'\0', b'5'):
+            yield from wds.tariterators.tar_file_expander([{'url': url, 'stream': open(url, 'rb')}],
+                                                          handler=wds.reraise_exception, eof_value=None)
+            return
+        if pos + 512 + size > end:
+            problem = 'ends inside a member'
+            break
+        if kind != b'5':
+            name = header[:100].rstrip(b'\0').decode()
+            prefix = header[345:500].rstrip(b'\0').decode()
+            members.append((f'{prefix}/{name}' if prefix else name, pos + 512, size))
+        pos += 512 + (size + 511) // 512 * 512
+    for name, offset, size in members:
+        yield {'fname': name, 'data': data[offset:offset + size], '__url__': url}
+    if problem:
+        raise TarError(f'{url} {problem} at byte {pos}')
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def _tar_samples(handler):
+    """webdataset's tarfile_to_samples, with the fast plain-tar reader for local shards."""
+    def expand(sources):
+        for source in sources:
+            try:
+                yield from _ustar_members(source['url'])
+                yield {}  # end of shard: webdataset's group_by_keys does not join samples across shards
+            except Exception as exn:  # noqa: BLE001 - handed to the handler, as webdataset does
+                exn.args = exn.args + (source['url'],)
+                if not handler(exn):
+                    break
+
+    return lambda sources: wds.tariterators.group_by_keys(expand(sources), handler=handler)
 
 
 class ShardStream(IterableDataset):
@@ -137,55 +191,60 @@ class ShardStream(IterableDataset):
                 mine.append(f)
         return mine, 1, 0
 
-    def _samples(self, files: List[Path], stride: int, offset: int, counter) -> Iterator[Tuple[np.ndarray, int]]:
-        index = 0
-        for path in files:
-            for sample in _iter_tar(path, counter):
-                index += 1
-                if (index - 1) % stride != offset:
-                    continue
+    def _pipeline(self, files: List[Path], stride: int, offset: int, counter: _Counter, rng=None):
+        """The webdataset pipeline of one pass over `files`: tar members grouped into samples, every
+        `stride`-th kept, shuffled in a buffer of undecoded samples (training), then decoded and
+        augmented into (image, label) pairs."""
+        def keep_slice(samples):
+            for index, sample in enumerate(samples):
+                if index % stride == offset:
+                    yield sample
+
+        def decode(samples):
+            for sample in samples:
+                name = Path(sample.get('__url__', '?')).name
                 if 'cls' not in sample or 'jpg' not in sample:
-                    counter['unlabelled'] += 1
-                    warnings.warn(f'{path.name}: sample {sample["__key__"]} has no .jpg or .cls; skipped '
-                                  f'({counter["unlabelled"]} so far in this worker)')
+                    counter.warn('unlabelled', f'{name}: sample {sample["__key__"]} has no .jpg or .cls; skipped')
                     continue
                 try:
                     image = decode_rgb(sample['jpg'])
                     label = int(sample['cls'])
                 except Exception as e:  # noqa: BLE001 - any bad sample is skipped and counted
-                    counter['corrupt'] += 1
-                    warnings.warn(f'{path.name}: sample {sample["__key__"]} could not be decoded '
-                                  f'({e.__class__.__name__}); skipped ({counter["corrupt"]} so far in this worker)')
+                    counter.warn('corrupt', f'{name}: sample {sample["__key__"]} could not be decoded '
+                                            f'({e.__class__.__name__}); skipped')
                     continue
-                yield image, label
+                yield self.transform(image=image)['image'], label
 
-    def _shuffled(self, samples, rng: random.Random):
-        buf = []
-        for s in samples:
-            if len(buf) < self.shuffle_buffer:
-                buf.append(s)
-                continue
-            i = rng.randrange(len(buf))
-            buf[i], s = s, buf[i]
-            yield s
-        rng.shuffle(buf)
-        yield from buf
+        stages = [wds.SimpleShardList([str(f) for f in files]), _tar_samples(counter.tar_error)]
+        if stride > 1:
+            stages.append(keep_slice)
+        if rng is not None:
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 256), rng=rng))
+        stages.append(decode)
+        return wds.DataPipeline(*stages)
 
-    def _batch(self, items) -> Tuple[torch.Tensor, torch.Tensor]:
-        # N×C×H×W in channels-last memory: the H×W×C images stacked, no copy to planar layout
-        images = torch.from_numpy(np.stack([im for im, _ in items])).permute(0, 3, 1, 2)
-        return images, torch.tensor([t for _, t in items], dtype=torch.int64)
+    @staticmethod
+    def _batch(items) -> Tuple[torch.Tensor, torch.Tensor]:
+        # N×C×H×W in channels-last memory: the H×W×C images copied once, into shared memory, from which
+        # the DataLoader hands the batch to the main process without a further copy
+        images = torch.empty((len(items),) + items[0][0].shape, dtype=torch.uint8)
+        if get_worker_info() is not None:
+            images.share_memory_()
+        out = images.numpy()
+        for i, (im, _) in enumerate(items):
+            out[i] = im
+        return images.permute(0, 3, 1, 2), torch.tensor([t for _, t in items], dtype=torch.int64)
 
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         seed_worker(self.transform, self.seed, self.rank, worker, self.epoch, num_workers)
-        counter = {'truncated': 0, 'unlabelled': 0, 'corrupt': 0}
+        counter = _Counter()
         files, stride, offset = self._assignment(worker, num_workers)
         if not self.training:
             batch = []
-            for image, label in self._samples(files, stride, offset, counter):
-                batch.append((self.transform(image=image)['image'], label))
+            for item in self._pipeline(files, stride, offset, counter):
+                batch.append(item)
                 if len(batch) == self.batch_size:
                     yield self._batch(batch)
                     batch = []
@@ -197,9 +256,9 @@ class ShardStream(IterableDataset):
         batch, made = [], 0
         while made < quota:
             got = 0
-            for image, label in self._shuffled(self._samples(files, stride, offset, counter), rng):
+            for item in self._pipeline(files, stride, offset, counter, rng):
                 got += 1
-                batch.append((self.transform(image=image)['image'], label))
+                batch.append(item)
                 if len(batch) == self.batch_size:
                     yield self._batch(batch)
                     batch, made = [], made + 1

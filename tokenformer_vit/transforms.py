@@ -40,14 +40,18 @@ __all__ = ['decode_rgb', 'RandAugment', 'build_train_transform', 'build_eval_tra
 cv2.setNumThreads(1)  # one decoding thread per DataLoader worker
 
 
+_IMREAD_RGB = getattr(cv2, 'IMREAD_COLOR_RGB', None)  # OpenCV >= 4.10 decodes straight to RGB
+
+
 def decode_rgb(data: bytes) -> np.ndarray:
     """JPEG (or any image) bytes to an H×W×3 uint8 RGB array; greyscale and CMYK become RGB."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    buf = np.frombuffer(data, np.uint8)
+    img = cv2.imdecode(buf, _IMREAD_RGB) if _IMREAD_RGB is not None else cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
         from io import BytesIO
         from PIL import Image
         return np.asarray(Image.open(BytesIO(data)).convert('RGB'))  # raises on a corrupt image
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img if _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _solarize_add(img: np.ndarray, add: int) -> np.ndarray:
