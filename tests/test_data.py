@@ -12,7 +12,7 @@ from PIL import Image
 
 from tokenformer_vit.data import DataError, build_loader
 from tokenformer_vit.make_shards import make_shards
-from tokenformer_vit.transforms import RandAugment, build_mixup, build_train_transform, decode_rgb, normalize_batch, seed_worker
+from tokenformer_vit.transforms import RandAugment, build_mixup, build_train_transform, decode_rgb, normalize_batch, seed_transform
 
 
 def image_folder(root, classes=('cat', 'dog', 'eel'), per_class=6, size=(40, 30), seed=0):
@@ -206,13 +206,13 @@ def test_missing_root_split_or_info_is_one_clear_error(tmp_path):
 def test_workers_do_not_repeat_each_others_augmentations():
     img = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
     outs = []
-    for worker in range(3):
+    for batch in range(3):  # consecutive batches: they come from different workers
         t = build_train_transform(32, normalize=False)
-        seed_worker(t, seed=0, worker=worker, num_workers=3)
+        seed_transform(t, 0, 0, 0, batch)
         outs.append(t(image=img)['image'])
     assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
     t = build_train_transform(32, normalize=False)
-    seed_worker(t, seed=0, worker=0, num_workers=3)
+    seed_transform(t, 0, 0, 0, 0)
     assert np.array_equal(t(image=img)['image'], outs[0])
 
 
@@ -261,3 +261,21 @@ def test_fashion_mnist_downloads_once_checked_and_atomically(tmp_path, monkeypat
         fm.download_fashion_mnist(tmp_path / 'cache', (good,))
     assert not (tmp_path / 'cache' / 't10k-labels-idx1-ubyte.gz').exists()
     assert not [p for p in (tmp_path / 'cache').iterdir() if p.name.startswith('.')]
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_resumed_epoch_gives_exactly_the_batches_not_yet_trained_on(tmp_path, workers):
+    src = image_folder(tmp_path / 'in', per_class=12, size=(24, 20))
+    make_shards(str(src), 'train', tmp_path / 'out', shard_size=6, workers=1, progress=False)
+
+    def epoch(skip):
+        loader = build_loader(str(tmp_path / 'out'), 'train', 4, True, num_workers=workers, img_size=16, seed=5)
+        loader.dataset.set_epoch(1, skip_batches=skip)
+        return list(loader)
+
+    full, rest = epoch(0), epoch(3)
+    assert len(full) == 9 and len(rest) == 6
+    for (x, y), (x2, y2) in zip(full[3:], rest):  # same images, same labels, same augmentation
+        assert torch.equal(y, y2) and torch.equal(x, x2)
+    with pytest.raises(DataError, match='cannot skip 9 of 9'):
+        build_loader(str(tmp_path / 'out'), 'train', 4, True, num_workers=0).dataset.set_epoch(0, skip_batches=9)

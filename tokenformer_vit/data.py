@@ -19,6 +19,7 @@ data (a corrupt JPEG, a sample without a label, a truncated tar) is skipped with
 import json
 import math
 import random
+import signal
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -28,7 +29,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .transforms import build_eval_transform, build_train_transform, decode_rgb, seed_worker
+from .transforms import build_eval_transform, build_train_transform, decode_rgb, seed_transform
 
 __all__ = ['DataError', 'read_info', 'ShardStream', 'build_loader']
 
@@ -148,6 +149,7 @@ class ShardStream(IterableDataset):
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
         self.num_workers = 0  # the DataLoader's, set by build_loader: evaluation batches are per worker
+        self.skip_batches = 0  # training batches of this epoch already consumed (a resumed run)
         if training:
             self.transform = build_train_transform(img_size, rand_augment=rand_augment, color_jitter=color_jitter,
                                                    reprob=reprob, normalize=False)
@@ -159,12 +161,16 @@ class ShardStream(IterableDataset):
             self.transform = build_eval_transform(img_size, crop_pct, normalize=False)
             self.batches_per_rank = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The epoch to deliver next (the shard order and augmentation depend on it), from its batch
+        `skip_batches` on: a job resumed mid-epoch gets exactly the batches it had not trained on."""
+        if self.training and not 0 <= skip_batches < self.batches_per_rank:
+            raise DataError(f'cannot skip {skip_batches} of {self.batches_per_rank} batches of an epoch')
+        self.epoch, self.skip_batches = epoch, skip_batches
 
     def __len__(self) -> int:
         if self.training:
-            return self.batches_per_rank
+            return self.batches_per_rank - self.skip_batches
         workers, total = max(1, self.num_workers), 0
         for w in range(workers):  # each worker ends with its own partial batch
             files, stride, offset = self._assignment(w, workers)
@@ -193,35 +199,38 @@ class ShardStream(IterableDataset):
 
     def _pipeline(self, files: List[Path], stride: int, offset: int, counter: _Counter, rng=None):
         """The webdataset pipeline of one pass over `files`: tar members grouped into samples, every
-        `stride`-th kept, shuffled in a buffer of undecoded samples (training), then decoded and
-        augmented into (image, label) pairs."""
+        `stride`-th kept, shuffled in a buffer of undecoded samples (training); labelled samples out."""
         def keep_slice(samples):
             for index, sample in enumerate(samples):
                 if index % stride == offset:
                     yield sample
 
-        def decode(samples):
+        def labelled(samples):
             for sample in samples:
-                name = Path(sample.get('__url__', '?')).name
                 if 'cls' not in sample or 'jpg' not in sample:
-                    counter.warn('unlabelled', f'{name}: sample {sample["__key__"]} has no .jpg or .cls; skipped')
+                    counter.warn('unlabelled', f'{Path(sample.get("__url__", "?")).name}: sample '
+                                               f'{sample["__key__"]} has no .jpg or .cls; skipped')
                     continue
-                try:
-                    image = decode_rgb(sample['jpg'])
-                    label = int(sample['cls'])
-                except Exception as e:  # noqa: BLE001 - any bad sample is skipped and counted
-                    counter.warn('corrupt', f'{name}: sample {sample["__key__"]} could not be decoded '
-                                            f'({e.__class__.__name__}); skipped')
-                    continue
-                yield self.transform(image=image)['image'], label
+                yield sample
 
         stages = [wds.SimpleShardList([str(f) for f in files]), _tar_samples(counter.tar_error)]
         if stride > 1:
             stages.append(keep_slice)
         if rng is not None:
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 256), rng=rng))
-        stages.append(decode)
+        stages.append(labelled)
         return wds.DataPipeline(*stages)
+
+    def _decode(self, sample, counter: _Counter):
+        """(augmented uint8 image, label), or None for a sample that does not decode (counted)."""
+        try:
+            image = decode_rgb(sample['jpg'])
+            label = int(sample['cls'])
+        except Exception as e:  # noqa: BLE001 - any bad sample is skipped and counted
+            counter.warn('corrupt', f'{Path(sample.get("__url__", "?")).name}: sample {sample["__key__"]} could '
+                                    f'not be decoded ({e.__class__.__name__}); skipped')
+            return None
+        return self.transform(image=image)['image'], label
 
     @staticmethod
     def _batch(items) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -235,38 +244,70 @@ class ShardStream(IterableDataset):
             out[i] = im
         return images.permute(0, 3, 1, 2), torch.tensor([t for _, t in items], dtype=torch.int64)
 
+    def _seed_batch(self, index: int) -> None:
+        """Augmentation of training batch `index` (of this rank and epoch) from its own seed: the same
+        whatever the number of workers, different for every worker, and a resumed epoch can skip
+        batches without replaying the augmentation random stream."""
+        seed_transform(self.transform, self.seed, self.epoch, self.rank, index)
+
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        seed_worker(self.transform, self.seed, self.rank, worker, self.epoch, num_workers)
         counter = _Counter()
         files, stride, offset = self._assignment(worker, num_workers)
         if not self.training:
             batch = []
-            for item in self._pipeline(files, stride, offset, counter):
-                batch.append(item)
+            seed_transform(self.transform, self.seed, 0, self.rank, worker)  # evaluation is deterministic anyway
+            for sample in self._pipeline(files, stride, offset, counter):
+                item = self._decode(sample, counter)
+                if item is not None:
+                    batch.append(item)
                 if len(batch) == self.batch_size:
                     yield self._batch(batch)
                     batch = []
             if batch:
                 yield self._batch(batch)
             return
-        quota = self.batches_per_rank // num_workers + (worker < self.batches_per_rank % num_workers)
-        rng = random.Random(((self.seed * 100_003 + self.epoch) * 1_009 + self.rank) * 1_009 + worker)
-        batch, made = [], 0
+        # The DataLoader takes batch i from worker i % num_workers, so (role) worker r makes batches
+        # r + j·num_workers of the epoch. Resumed after k batches, the DataLoader starts again at worker 0:
+        # worker w then plays role (w + k) % num_workers and skips that role's batches below k.
+        role = (worker + self.skip_batches) % num_workers
+        files, stride, offset = self._assignment(role, num_workers)
+        quota = self.batches_per_rank // num_workers + (role < self.batches_per_rank % num_workers)
+        skip = max(0, -(-(self.skip_batches - role) // num_workers))
+        rng = random.Random(((self.seed * 100_003 + self.epoch) * 1_009 + self.rank) * 1_009 + role)
+        batch, made, skipped = [], 0, 0
+        self._seed_batch(role + skip * num_workers)
         while made < quota:
             got = 0
-            for item in self._pipeline(files, stride, offset, counter, rng):
+            for sample in self._pipeline(files, stride, offset, counter, rng):
                 got += 1
+                if made < skip:  # resuming mid-epoch: consume the batch's samples without decoding them
+                    skipped += 1
+                    if skipped == self.batch_size:
+                        made, skipped = made + 1, 0
+                        if made == skip:
+                            self._seed_batch(role + made * num_workers)
+                    continue
+                item = self._decode(sample, counter)
+                if item is None:
+                    continue
                 batch.append(item)
                 if len(batch) == self.batch_size:
                     yield self._batch(batch)
                     batch, made = [], made + 1
                     if made == quota:
                         return
+                    self._seed_batch(role + made * num_workers)
             if got == 0:
                 raise DataError(f'rank {self.rank} worker {worker} found no readable samples in its shards')
             rng.shuffle(files)  # a short share starts again, in another order
+
+
+def _ignore_preemption_signals(worker_id: int) -> None:
+    # Slurm signals every process of a job; the main process saves and stops, workers must not die first
+    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def build_loader(root: str, split: str, batch_size: int, training: bool, num_workers: int = 4, img_size: int = 224,
@@ -275,10 +316,12 @@ def build_loader(root: str, split: str, batch_size: int, training: bool, num_wor
                  pin_memory: bool = False, shuffle_buffer: int = 2048) -> DataLoader:
     """A DataLoader of (uint8 images, targets) batches over `root/_info.json`'s `split`; see the module doc.
 
-    Call `loader.dataset.set_epoch(e)` before each epoch (workers are restarted per epoch).
+    Call `loader.dataset.set_epoch(e)` before each epoch (workers are restarted per epoch); a resumed
+    job calls `set_epoch(e, skip_batches=k)` to continue an epoch after its k-th batch.
     """
     stream = ShardStream(root, split, batch_size, training, img_size, world_size, rank, seed, epoch, crop_pct,
                          rand_augment, color_jitter, reprob, shuffle_buffer)
     stream.num_workers = num_workers
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                      worker_init_fn=_ignore_preemption_signals if num_workers else None)

@@ -24,8 +24,8 @@ magnitude m' ~ N(9, 0.5) clipped to [0, 10], mapped as in timm's `auto_augment.p
     ShearX/Y       Affine(shear)                          ±0.3·m'/10 (as a slope: atan in degrees)
     TranslateX/Y   Affine(translate_percent)              ±0.45·m'/10 of the side
 
-Albumentations does not reseed forked workers: `seed_worker` does it, from the loader's seed, the
-rank, the worker and the epoch, so no two workers repeat each other's augmentations.
+Albumentations does not reseed forked workers: `seed_transform` does it, per batch, from the
+loader's seed, the epoch, the rank and the batch, so no two workers repeat each other's augmentations.
 """
 import math
 from typing import Sequence, Tuple
@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 __all__ = ['decode_rgb', 'RandAugment', 'build_train_transform', 'build_eval_transform', 'normalize_batch',
-           'build_mixup', 'seed_worker']
+           'build_mixup', 'seed_transform']
 
 cv2.setNumThreads(1)  # one decoding thread per DataLoader worker
 
@@ -171,7 +171,10 @@ def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoot
     return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes)
 
 
-def seed_worker(transform: A.Compose, seed: int, rank: int = 0, worker: int = 0, epoch: int = 0,
-                num_workers: int = 1) -> None:
-    """Reseed albumentations (it keeps its own generators) uniquely per seed, epoch, rank and worker."""
-    transform.set_random_seed(((seed * 1_000_003 + epoch) * 65_537 + rank * max(1, num_workers) + worker) % 2 ** 31)
+def seed_transform(transform: A.Compose, *ids: int) -> None:
+    """Reseed albumentations' generators (it keeps its own, and does not reseed forked workers) from
+    integers that name the stream: the loader's seed, epoch, rank, and the batch or worker."""
+    seed = 0
+    for i in ids:
+        seed = (seed * 1_000_003 + int(i)) % 2 ** 61
+    transform.set_random_seed(seed % 2 ** 31)
