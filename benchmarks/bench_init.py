@@ -16,7 +16,7 @@ import torch
 import timm
 
 from tokenformer_vit import Pattention
-from tokenformer_vit.demo import load_tensors, train_and_test
+from fashion_mnist_tensors import load_tensors, train_and_test
 
 GELU_SQ = 0.4252  # E[GeLU(z)²] for z ~ N(0, 1)
 

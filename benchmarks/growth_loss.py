@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import timm
 
 from tokenformer_vit import grow_model, grow_optimizer
-from tokenformer_vit.demo import load_tensors
+from fashion_mnist_tensors import load_tensors
 
 SMALL, GROWN = (96, 384), (192, 768)
 

@@ -24,7 +24,6 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -132,7 +131,7 @@ class ShardStream(IterableDataset):
     def __init__(self, root: str, split: str, batch_size: int, training: bool, img_size: int = 224,
                  world_size: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0, crop_pct: float = 0.875,
                  rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
-                 shuffle_buffer: int = 2048):
+                 shuffle_buffer: int = 2048, scale: Tuple[float, float] = (0.08, 1.0)):
         info = read_info(root)
         if split not in info.get('splits', {}):
             raise DataError(f"Split {split!r} is not in {Path(root) / '_info.json'} (it has "
@@ -151,8 +150,8 @@ class ShardStream(IterableDataset):
         self.num_workers = 0  # the DataLoader's, set by build_loader: evaluation batches are per worker
         self.skip_batches = 0  # training batches of this epoch already consumed (a resumed run)
         if training:
-            self.transform = build_train_transform(img_size, rand_augment=rand_augment, color_jitter=color_jitter,
-                                                   reprob=reprob, normalize=False)
+            self.transform = build_train_transform(img_size, scale=tuple(scale), rand_augment=rand_augment,
+                                                   color_jitter=color_jitter, reprob=reprob, normalize=False)
             self.batches_per_rank = self.num_samples // (world_size * batch_size)
             if self.batches_per_rank == 0:
                 raise DataError(f'{split} has {self.num_samples} samples, fewer than one batch per rank '
@@ -313,14 +312,15 @@ def _ignore_preemption_signals(worker_id: int) -> None:
 def build_loader(root: str, split: str, batch_size: int, training: bool, num_workers: int = 4, img_size: int = 224,
                  world_size: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0, crop_pct: float = 0.875,
                  rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
-                 pin_memory: bool = False, shuffle_buffer: int = 2048) -> DataLoader:
+                 pin_memory: bool = False, shuffle_buffer: int = 2048,
+                 scale: Tuple[float, float] = (0.08, 1.0)) -> DataLoader:
     """A DataLoader of (uint8 images, targets) batches over `root/_info.json`'s `split`; see the module doc.
 
     Call `loader.dataset.set_epoch(e)` before each epoch (workers are restarted per epoch); a resumed
     job calls `set_epoch(e, skip_batches=k)` to continue an epoch after its k-th batch.
     """
     stream = ShardStream(root, split, batch_size, training, img_size, world_size, rank, seed, epoch, crop_pct,
-                         rand_augment, color_jitter, reprob, shuffle_buffer)
+                         rand_augment, color_jitter, reprob, shuffle_buffer, scale)
     stream.num_workers = num_workers
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,

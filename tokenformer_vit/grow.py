@@ -134,14 +134,22 @@ def main(argv=None) -> int:
         write_hf_dir(arch, ckpt.get('state_dict_ema') or ckpt['state_dict'], attn, ffn, args.hf_dir)
         print(f'wrote {args.hf_dir}: timm.create_model("local-dir:{args.hf_dir}", pretrained=True) '
               f'rebuilds the grown model')
-    model_kwargs, flags = _validate_flags(arch, ckpt['state_dict'])
     print('validate with timm\'s validate.py (from a clone of timm\'s repository):\n'
-          f'  python -m tokenformer_vit.timm_script validate.py --model {arch or "ARCH"} --model-kwargs '
-          f'attn_tokens={attn} ffn_tokens={ffn}{model_kwargs}{flags} --checkpoint {args.output} --data-dir DATA')
+          f'  {validate_command(arch, ckpt["state_dict"], args.output)}')
     if args.hf_dir:
+        _, flags = _validate_flags(arch, ckpt['state_dict'])
         print(f'  python -m tokenformer_vit.timm_script validate.py --model local-dir:{args.hf_dir}{flags} '
               f'--data-dir DATA')
     return 0
+
+
+def validate_command(arch: Optional[str], state_dict: Dict[str, torch.Tensor], checkpoint: os.PathLike,
+                     data_dir: str = 'DATA') -> str:
+    """The command that evaluates `checkpoint` (with this state dict) with timm's validate.py."""
+    attn, ffn = token_counts(state_dict)
+    model_kwargs, flags = _validate_flags(arch, state_dict)
+    return (f'python -m tokenformer_vit.timm_script validate.py --model {arch or "ARCH"} --model-kwargs '
+            f'attn_tokens={attn} ffn_tokens={ffn}{model_kwargs}{flags} --checkpoint {checkpoint} --data-dir {data_dir}')
 
 
 def _validate_flags(arch: Optional[str], state_dict: Dict[str, torch.Tensor]) -> Tuple[str, str]:
