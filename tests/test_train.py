@@ -230,3 +230,15 @@ def test_every_config_parses_and_builds_its_model(config):
         assert (model.attn_tokens, model.ffn_tokens) == (576, 2304)
         assert (args.grow[-1]['attn_tokens'], args.grow[-1]['ffn_tokens']) == (base.attn_tokens, base.ffn_tokens)
     assert args.lr or args.blr
+
+
+def test_missing_shards_are_built_from_fashion_mnist_with_a_timm_readable_name(tmp_path):
+    import argparse
+    import json
+    from tokenformer_vit.train import _ensure_shards
+    args = argparse.Namespace(data_dir=str(tmp_path / 'fm'), shards_from='fashion-mnist', train_split='validation',
+                              val_split='validation')
+    _ensure_shards(args, rank=0)
+    info = json.loads((tmp_path / 'fm' / '_info.json').read_text())
+    assert info['name'] == 'fashion_mnist' and info['splits']['validation']['num_samples'] == 10_000
+    assert all(f.startswith('fashion_mnist-validation-') for f in info['splits']['validation']['filenames'])

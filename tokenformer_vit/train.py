@@ -27,6 +27,7 @@ import yaml
 
 from .checkpoint import CheckpointError, atomic_file, read_checkpoint, save_atomic
 from .data import DataError, build_loader, read_info
+from .make_shards import ShardError
 from .engine import evaluate, train_one_epoch
 from .growth import GROWTH_MODES, grow_model, grow_optimizer
 from .grow import token_counts, validate_command
@@ -308,7 +309,8 @@ def _ensure_shards(args, rank: int) -> None:
         from .make_shards import make_shards
         for split in (args.train_split, args.val_split):
             print(f'building {args.shards_from} {split} shards in {root}', flush=True)
-            make_shards(args.shards_from, split, root, shard_size=2500, workers=max(1, os.cpu_count() or 1))
+            make_shards(args.shards_from, split, root, shard_size=2500, workers=max(1, os.cpu_count() or 1),
+                        name=args.shards_from.replace('-', '_'))
     if dist.is_initialized():
         dist.barrier()
 
@@ -591,6 +593,6 @@ def cli(argv: Optional[List[str]] = None) -> int:
         return submit(args)
     try:
         return main(args)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, ShardError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
