@@ -1,0 +1,55 @@
+"""benchmarks/growth_experiment.py --quick: every strategy runs for every seed, FLOPs are counted
+as the sum over stages, and the JSON, the plot and the summary agree."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory):
+    import growth_experiment
+    out = tmp_path_factory.mktemp('growth')
+    assert growth_experiment.main(['--quick', '--output', str(out)]) == 0
+    return json.loads((out / 'growth_vs_scratch_quick.json').read_text()), out
+
+
+def test_quick_experiment_runs_every_strategy_and_seed(quick):
+    result, out = quick
+    cfg, runs = result['config'], result['runs']
+    assert (out / 'growth_vs_scratch_quick.png').stat().st_size > 10_000
+    assert sorted((r['strategy'], tuple(r['size'])) for r in runs if r['seed'] == 0) == sorted(
+        [('scratch', tuple(s)) for s in cfg['sizes']] + [('preserve', tuple(cfg['sizes'][-1])),
+                                                           ('paper', tuple(cfg['sizes'][-1]))])
+    assert {r['seed'] for r in runs} == set(cfg['seeds']) and len(cfg['seeds']) >= 3
+    for key, s in result['summary'].items():
+        assert s['seeds'] == len(cfg['seeds']) and 0 <= s['top1'] <= 100 and s['spread'] >= 0, key
+
+
+def test_flops_grow_with_tokens_and_a_ladder_counts_all_its_stages(quick):
+    result, _ = quick
+    cfg, per_image = result['config'], result['train_flops_per_image']
+    f = [per_image[f'{a}/{b}'] for a, b in cfg['sizes']]
+    assert f[0] < f[1] < f[2] < 2.2 * f[1]  # Pattention cost is linear in the token count, plus a fixed part
+    n, bs = cfg['train_images'], cfg['batch_size']
+    expected = sum(round(e * n / bs) * bs * fi for e, fi in zip(cfg['ladder_epochs'], f))
+    for r in result['runs']:
+        if r['strategy'] != 'scratch':
+            assert r['flops'] == pytest.approx(expected, rel=1e-9)
+            assert [p['flops'] for p in r['points']] == sorted(p['flops'] for p in r['points'])
+    largest = result['summary'][f'scratch {cfg["sizes"][-1][0]}/{cfg["sizes"][-1][1]}']
+    preserve = result['summary'][f'preserve {cfg["sizes"][-1][0]}/{cfg["sizes"][-1][1]}']
+    assert preserve['flops_fraction_total'] == pytest.approx(preserve['flops'] / largest['flops'])
+
+
+def test_preserve_growth_keeps_the_test_accuracy_at_the_growth_step(quick):
+    result, _ = quick
+    for r in result['runs']:
+        points = r['points']
+        for before, after in zip(points, points[1:]):
+            if after['stage'].startswith('grown to') and r['strategy'] == 'preserve':
+                assert after['top1'] == pytest.approx(before['top1'], abs=0.05)  # function-preserving
