@@ -253,8 +253,8 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         counter = _Counter()
-        files, stride, offset = self._assignment(worker, num_workers)
         if not self.training:
+            files, stride, offset = self._assignment(worker, num_workers)
             batch = []
             seed_transform(self.transform, self.seed, 0, self.rank, worker)  # evaluation is deterministic anyway
             for sample in self._pipeline(files, stride, offset, counter):
