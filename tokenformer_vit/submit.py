@@ -51,7 +51,7 @@ def submit(args: argparse.Namespace) -> int:
         params.update(gpus_per_node=args.gpus_per_node if _has_cuda() else 0)
         params.pop('cpus_per_task')
     executor.update_parameters(**params)
-    run_args = argparse.Namespace(**{k: v for k, v in vars(args).items()})
+    run_args = argparse.Namespace(**vars(args))
     run_args.submit = False
     run_args.output = str(Path(args.output).resolve())
     run_args.data_dir = str(Path(args.data_dir).resolve())

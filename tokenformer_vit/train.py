@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, atomic_file, read_checkpoint, save_atom
 from .data import DataError, build_loader, read_info
 from .make_shards import ShardError
 from .engine import evaluate, train_one_epoch
-from .growth import GROWTH_MODES, grow_model, grow_optimizer
+from .growth import GROWTH_MODES, GrowthError, grow_model, grow_optimizer
 from .grow import token_counts, validate_command
 
 __all__ = ['ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'main', 'cli']
@@ -259,8 +259,9 @@ def _plain(value):
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def write_logs(output: Path, log: Dict[str, list]) -> None:
-    """summary.csv (timm's columns) and curves.png from the run's log, each written atomically."""
+def write_logs(output: Path, log: Dict[str, list], growth_history: List[Dict]) -> None:
+    """summary.csv (timm's columns) and curves.png (growth events marked) from the run's log, each
+    written atomically."""
     rows = log['epochs']
     if rows:
         with atomic_file(output / 'summary.csv', 'w') as f:
@@ -283,7 +284,7 @@ def write_logs(output: Path, log: Dict[str, list]) -> None:
         if points:
             ax2.plot(*zip(*points), marker='o', label=label)
     for ax in (ax1, ax2):
-        for g in log['growth']:
+        for g in growth_history:
             ax.axvline(g['step'], color='tab:red', ls='--', lw=1)
             ax.text(g['step'], ax.get_ylim()[1], f" grow {g['attn_tokens'][1]}/{g['ffn_tokens'][1]}",
                     color='tab:red', fontsize=8, va='top')
@@ -295,10 +296,6 @@ def write_logs(output: Path, log: Dict[str, list]) -> None:
     with atomic_file(output / 'curves.png') as f:
         fig.savefig(f, format='png', dpi=110)
     plt.close(fig)
-
-
-def _is_tokenformer(state_dict) -> bool:
-    return any(k.endswith('.ffn.key_tokens') for k in state_dict)
 
 
 def _ensure_shards(args, rank: int) -> None:
@@ -343,7 +340,10 @@ def main(args: argparse.Namespace) -> int:
     resume = read_checkpoint(resume_path) if resume_path.is_file() else None
     growth_history: List[Dict] = []
     if resume is not None:
-        sizes = token_counts(resume['state_dict'], str(resume_path)) if _is_tokenformer(resume['state_dict']) else (None, None)
+        try:
+            sizes = token_counts(resume['state_dict'], str(resume_path))
+        except GrowthError:  # another timm model: it has no token counts
+            sizes = (None, None)
         model = create_model(args, num_classes, *sizes)
         model.load_state_dict(resume['state_dict'])
         growth_history = list(resume.get('growth_history') or [])
@@ -416,8 +416,8 @@ def main(args: argparse.Namespace) -> int:
     loss_fn = (SoftTargetCrossEntropy() if mixup is not None else
                LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else torch.nn.CrossEntropyLoss())
 
-    step, start_epoch, best = 0, 0, None
-    log = dict(epochs=[], steps=[], growth=list(growth_history))
+    step, best = 0, None
+    log = dict(epochs=[], steps=[])
     if resume is not None:
         if resume.get('optimizer'):
             optimizer.load_state_dict(resume['optimizer'])
@@ -478,7 +478,7 @@ def main(args: argparse.Namespace) -> int:
                 tb.add_scalar('train/loss', value, s)
                 tb.add_scalar('train/lr', lr_now, s)
         if args.save_every_steps and s % args.save_every_steps == 0:
-            checkpoint(s // updates_per_epoch, s // updates_per_epoch)
+            checkpoint(s // updates_per_epoch, s // updates_per_epoch - 1)
 
     total_steps = args.epochs * updates_per_epoch
     t_start, step_start = time.time(), step
@@ -503,7 +503,6 @@ def main(args: argparse.Namespace) -> int:
                 record = dict(epoch=epoch, step=step, attn_tokens=[old[0], model.attn_tokens],
                               ffn_tokens=[old[1], model.ffn_tokens], mode=mode)
                 growth_history.append(record)
-                log['growth'].append(record)
                 train_model = wrap(model)
                 if rank == 0:
                     n_params = sum(p.numel() for p in model.parameters())
@@ -542,7 +541,7 @@ def main(args: argparse.Namespace) -> int:
             (f'checkpoint-{epoch}.pth.tar',) if args.save_every_epochs and (epoch + 1) % args.save_every_epochs == 0 else ())
         checkpoint(epoch + 1, epoch, *extra)
         if rank == 0:
-            write_logs(out, log)
+            write_logs(out, log, growth_history)
             if tb:
                 for k, v in row.items():
                     if k.startswith('eval') or k in ('train_loss', 'img_s'):
