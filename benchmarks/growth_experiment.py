@@ -13,7 +13,10 @@ one training step (matrix products and attention; 2 FLOPs per multiply-add; elem
 not counted), times the images seen at that size; a grown run's count includes all its stages.
 
     python benchmarks/growth_experiment.py [--config configs/growth_experiment.yaml] [--quick]
-        [--output benchmarks/results]   # writes growth_vs_scratch.json and growth_vs_scratch.png
+        [--seeds 0,1,2] [--output benchmarks/results]   # writes growth_vs_scratch.json and .png
+    python benchmarks/growth_experiment.py --convergence [--seeds 0]
+        # every size from scratch for each of `convergence_epochs` (e.g. half and twice the
+        # scratch schedule): writes growth_convergence.json, the evidence that scratch_epochs converge
 """
 import argparse
 import json
@@ -36,7 +39,8 @@ from tokenformer_vit.growth import grow_model, grow_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = dict(sizes=[[8, 32], [16, 64], [32, 128]], embed_dim=64, depth=2, scratch_epochs=0.1,
-             ladder_epochs=[0.04, 0.03, 0.03], seeds=[0, 1, 2], train_images=60000)
+             ladder_epochs=[0.04, 0.03, 0.03], seeds=[0, 1, 2], train_images=60000, batch_size=128,
+             convergence_epochs=[0.02, 0.05])
 
 
 def build(cfg, attn: int, ffn: int) -> torch.nn.Module:
@@ -115,13 +119,14 @@ def run_scratch(cfg, data, sizes_flops, size, seed) -> dict:
     return log
 
 
-def run_ladder(cfg, data, sizes_flops, mode, seed) -> dict:
+def run_ladder(cfg, data, sizes_flops, mode, seed, label=None) -> dict:
     torch.manual_seed(seed)
     sizes = cfg['sizes']
     model = build(cfg, *sizes[0])
     opt = make_optimizer(cfg, model)
     stage = Stage(cfg, data, seed)
-    log = dict(strategy=mode, size=sizes[-1], seed=seed, flops=0.0, seconds=0.0, points=[])
+    log = dict(strategy=label or mode, mode=mode, ladder_epochs=cfg['ladder_epochs'], size=sizes[-1], seed=seed,
+               flops=0.0, seconds=0.0, points=[])
     for i, (size, epochs) in enumerate(zip(sizes, cfg['ladder_epochs'])):
         if i:
             pairs = grow_model(model, size[0], size[1], mode, torch.Generator().manual_seed(seed * 100 + i))
@@ -133,9 +138,31 @@ def run_ladder(cfg, data, sizes_flops, mode, seed) -> dict:
     return log
 
 
+def run_convergence(cfg, data, sizes_flops, seeds, t0) -> dict:
+    """Every size from scratch for each schedule length in `convergence_epochs`, and the change of
+    its final top-1 from one length to the next: how far `scratch_epochs` is from convergence."""
+    runs = []
+    for seed in seeds:
+        for epochs in cfg['convergence_epochs']:
+            for size in cfg['sizes']:
+                log = run_scratch(dict(cfg, scratch_epochs=epochs), data, sizes_flops, size, seed)
+                log['epochs'] = epochs
+                runs.append(log)
+                print(f'seed {seed} scratch {size} for {epochs} epochs: {log["points"][-1]["top1"]:.2f}%  '
+                      f'({log["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)', flush=True)
+    table = {}
+    for size in cfg['sizes']:
+        row = {}
+        for epochs in cfg['convergence_epochs']:
+            finals = [r['points'][-1]['top1'] for r in runs if r['size'] == size and r['epochs'] == epochs]
+            row[str(epochs)] = statistics.mean(finals)
+        table[f'{size[0]}/{size[1]}'] = row
+    return dict(runs=runs, final_top1=table)
+
+
 def summarize(cfg, runs) -> dict:
     """Mean and spread (sample std over seeds) of every strategy's final top-1 and FLOPs, and where
-    the preserve ladder reaches the largest from-scratch model's final top-1."""
+    each ladder reaches the largest from-scratch model's final top-1."""
     out = {}
     largest = tuple(cfg['sizes'][-1])
     for key in sorted({(r['strategy'], tuple(r['size'])) for r in runs}):
@@ -146,10 +173,8 @@ def summarize(cfg, runs) -> dict:
             top1=statistics.mean(finals), spread=statistics.stdev(finals) if len(finals) > 1 else 0.0,
             flops=statistics.mean(flops), seconds=statistics.mean(secs), seeds=len(finals))
     target = out[f'scratch {largest[0]}/{largest[1]}']
-    for mode in ('preserve', 'paper'):
-        ladder = out.get(f'{mode} {largest[0]}/{largest[1]}')
-        if ladder is None:
-            continue
+    for mode in sorted({r['strategy'] for r in runs} - {'scratch'}):
+        ladder = out[f'{mode} {largest[0]}/{largest[1]}']
         spread = max(target['spread'], ladder['spread'])
         # the first evaluation (averaged over seeds, point by point) at which the ladder is within the spread
         curves = [r['points'] for r in runs if r['strategy'] == mode]
@@ -178,17 +203,20 @@ def plot(cfg, runs, path: Path) -> None:
         groups.setdefault((r['strategy'], tuple(r['size'])), []).append(r)
     for (strategy, size), rs in sorted(groups.items()):
         n = min(len(r['points']) for r in rs)
-        xs = [statistics.mean(r['points'][i]['flops'] for r in rs) / 1e15 for i in range(n)]
+        xs = [statistics.mean(r['points'][i]['flops'] for r in rs) / 1e12 for i in range(n)]
         ys = [statistics.mean(r['points'][i]['top1'] for r in rs) for i in range(n)]
         err = [statistics.stdev([r['points'][i]['top1'] for r in rs]) if len(rs) > 1 else 0 for i in range(n)]
         if strategy == 'scratch':
             color = colors['scratch'][[tuple(s) for s in cfg['sizes']].index(size) % 3]
             label = f'from scratch, {size[0]}/{size[1]} tokens'
         else:
-            color = colors[strategy][0]
-            label = f'grown ({strategy}), ' + ' → '.join(f'{a}/{b}' for a, b in cfg['sizes'])
-        ax.errorbar(xs, ys, yerr=err, color=color, marker='o', ms=3, lw=1.5, capsize=2, label=label)
-    ax.set_xlabel('training PFLOPs (forward + backward)')
+            mode, epochs = rs[0].get('mode', strategy), rs[0].get('ladder_epochs', cfg['ladder_epochs'])
+            color = colors[mode][0]
+            label = (f'grown ({mode}), ' + ' → '.join(f'{a}/{b}' for a, b in cfg['sizes']) +
+                     ', ' + '+'.join(f'{e:g}' for e in epochs) + ' epochs')
+        style = '--' if strategy not in ('scratch', 'preserve', 'paper') else '-'
+        ax.errorbar(xs, ys, yerr=err, color=color, ls=style, marker='o', ms=3, lw=1.5, capsize=2, label=label)
+    ax.set_xlabel('training TFLOPs (forward + backward)')
     ax.set_ylabel('Fashion-MNIST test top-1 (%)')
     ax.set_title(f'Growth vs. scratch, Tokenformer-ViT d={cfg["embed_dim"]}, depth {cfg["depth"]} '
                  f'(mean ± sd, {len(cfg["seeds"])} seeds)', fontsize=10)
@@ -206,46 +234,99 @@ def main(argv=None) -> int:
     p.add_argument('--config', default=str(REPO / 'configs' / 'growth_experiment.yaml'))
     p.add_argument('--quick', action='store_true', help='a tiny version for the tests (< 5 min)')
     p.add_argument('--output', default=str(REPO / 'benchmarks' / 'results'))
+    p.add_argument('--seeds', default=None, help='comma-separated seeds, instead of the config\'s')
+    p.add_argument('--convergence', action='store_true',
+                   help='train every size from scratch for each of convergence_epochs instead (seed 0 unless --seeds)')
+    p.add_argument('--ladder-epochs', default=None,
+                   help='comma-separated epochs per ladder stage, instead of the config\'s; the ladders are then '
+                        'labelled with them ("paper 5+5+25")')
+    p.add_argument('--strategies', default='scratch,preserve,paper', help='which of scratch, preserve, paper to run')
+    p.add_argument('--reuse', default=None, metavar='JSON',
+                   help='an earlier result of the same config whose runs join this one\'s (e.g. its scratch runs)')
+    p.add_argument('--name', default=None, help='output file name, without .json/.png')
     p.add_argument('--threads', type=int, default=None)
     args = p.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
         cfg.update(QUICK)
+    if args.seeds:
+        cfg['seeds'] = [int(s) for s in args.seeds.split(',')]
+    elif args.convergence:
+        cfg['seeds'] = cfg['seeds'][:1]
+    label = None
+    if args.ladder_epochs:
+        cfg['ladder_epochs'] = [float(e) for e in args.ladder_epochs.split(',')]
+        label = '+'.join(f'{e:g}' for e in cfg['ladder_epochs'])
+    if len(cfg['ladder_epochs']) != len(cfg['sizes']):
+        raise SystemExit(f'ladder_epochs has {len(cfg["ladder_epochs"])} stages for {len(cfg["sizes"])} sizes: '
+                         'give one number of epochs per size.')
+    strategies = args.strategies.split(',')
+    if set(strategies) - {'scratch', 'preserve', 'paper'}:
+        raise SystemExit(f'Unknown strategy in --strategies {args.strategies}: use scratch, preserve and/or paper.')
+    reused = []
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text())
+        differs = [k for k in cfg if k not in ('ladder_epochs', 'seeds') and earlier['config'].get(k) != cfg[k]]
+        if differs:
+            raise SystemExit(f'--reuse {args.reuse} was run with other settings ({", ".join(differs)}): '
+                             'reuse a result of the same config.')
+        reused = [r for r in earlier['runs'] if r['seed'] in cfg['seeds']]
+        for r in reused:
+            if r['strategy'] != 'scratch':  # results written before runs recorded their ladder
+                r.setdefault('mode', r['strategy'])
+                r.setdefault('ladder_epochs', earlier['config']['ladder_epochs'])
+    if 'scratch' not in strategies and not any(r['strategy'] == 'scratch' for r in reused):
+        raise SystemExit('Without scratch runs there is nothing to compare against: keep scratch in --strategies '
+                         'or --reuse a result that has them.')
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    name = 'growth_vs_scratch_quick' if args.quick else 'growth_vs_scratch'
+    name = args.name or ('growth_convergence' if args.convergence else 'growth_vs_scratch')
+    name += '_quick' if args.quick else ''
     data = load_tensors()
     sizes_flops = {tuple(s): train_flops_per_image(cfg, *s) for s in cfg['sizes']}
     print('training GFLOPs per image: ' + ', '.join(f'{a}/{b}: {f / 1e9:.4f}' for (a, b), f in sizes_flops.items()),
           flush=True)
     runs, t0 = [], time.time()
+    if args.convergence:
+        result = run_convergence(cfg, data, sizes_flops, cfg['seeds'], t0)
+        result.update(config=cfg, wall_seconds=time.time() - t0, threads=torch.get_num_threads())
+        (out / f'{name}.json').write_text(json.dumps(result, indent=1))
+        epochs = cfg['convergence_epochs']
+        print(f'\nfinal test top-1 % (mean over seeds {cfg["seeds"]}) by schedule length in epochs')
+        print(f'{"size":<10}' + ''.join(f'{e:>10}' for e in epochs))
+        for size, row in result['final_top1'].items():
+            print(f'{size:<10}' + ''.join(f'{row[str(e)]:>10.2f}' for e in epochs))
+        print(f'wrote {out / name}.json ({time.time() - t0:.0f} s)')
+        return 0
     for seed in cfg['seeds']:
-        for size in cfg['sizes']:
+        for size in cfg['sizes'] if 'scratch' in strategies else []:
             runs.append(run_scratch(cfg, data, sizes_flops, size, seed))
             print(f'seed {seed} scratch {size}: {runs[-1]["points"][-1]["top1"]:.2f}%  '
                   f'({runs[-1]["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)', flush=True)
-        for mode in ('preserve', 'paper'):
-            runs.append(run_ladder(cfg, data, sizes_flops, mode, seed))
-            print(f'seed {seed} {mode} ladder: {runs[-1]["points"][-1]["top1"]:.2f}%  '
+        for mode in [m for m in ('preserve', 'paper') if m in strategies]:
+            runs.append(run_ladder(cfg, data, sizes_flops, mode, seed, label and f'{mode} {label}'))
+            print(f'seed {seed} {runs[-1]["strategy"]} ladder: {runs[-1]["points"][-1]["top1"]:.2f}%  '
                   f'({runs[-1]["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)', flush=True)
+    wall = time.time() - t0
+    runs = reused + runs
     summary = summarize(cfg, runs)
     result = dict(config=cfg, train_flops_per_image={f'{a}/{b}': f for (a, b), f in sizes_flops.items()},
-                  summary=summary, runs=runs, wall_seconds=time.time() - t0, threads=torch.get_num_threads())
+                  summary=summary, runs=runs, wall_seconds=wall, threads=torch.get_num_threads(),
+                  reused=dict(path=args.reuse, runs=len(reused)) if reused else None)
     (out / f'{name}.json').write_text(json.dumps(result, indent=1))
     plot(cfg, runs, out / f'{name}.png')
-    print(f'\n{"run":<22}{"top-1 %":>10}{"± sd":>7}{"PFLOPs":>9}{"s":>7}')
+    print(f'\n{"run":<22}{"top-1 %":>10}{"± sd":>7}{"TFLOPs":>9}{"s":>7}')
     for key, s in summary.items():
-        print(f'{key:<22}{s["top1"]:>10.2f}{s["spread"]:>7.2f}{s["flops"] / 1e15:>9.3f}{s["seconds"]:>7.0f}')
-    for mode in ('preserve', 'paper'):
-        s = summary.get(f'{mode} {cfg["sizes"][-1][0]}/{cfg["sizes"][-1][1]}')
-        if s:
-            reach = (f'reaches the largest scratch model\'s top-1 (within the spread) at '
-                     f'{100 * s["flops_fraction_at_reach"]:.0f}% of its FLOPs' if s['reaches_scratch_largest']
-                     else 'does not reach the largest scratch model\'s top-1')
-            print(f'{mode} ladder: {reach}; ends {s["difference_vs_scratch_largest"]:+.2f} points at '
-                  f'{100 * s["flops_fraction_total"]:.0f}% of its FLOPs')
+        print(f'{key:<22}{s["top1"]:>10.2f}{s["spread"]:>7.2f}{s["flops"] / 1e12:>9.2f}{s["seconds"]:>7.0f}')
+    for mode in sorted({r['strategy'] for r in runs} - {'scratch'}):
+        s = summary[f'{mode} {cfg["sizes"][-1][0]}/{cfg["sizes"][-1][1]}']
+        reach = (f'reaches the largest scratch model\'s top-1 (within the spread) at '
+                 f'{100 * s["flops_fraction_at_reach"]:.0f}% of its FLOPs' if s['reaches_scratch_largest']
+                 else 'does not reach the largest scratch model\'s top-1')
+        print(f'{mode} ladder: {reach}; ends {s["difference_vs_scratch_largest"]:+.2f} points at '
+              f'{100 * s["flops_fraction_total"]:.0f}% of its FLOPs')
     print(f'wrote {out / name}.json and .png ({time.time() - t0:.0f} s)')
     return 0
 

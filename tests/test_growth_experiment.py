@@ -1,5 +1,6 @@
 """benchmarks/growth_experiment.py --quick: every strategy runs for every seed, FLOPs are counted
-as the sum over stages, and the JSON, the plot and the summary agree."""
+as the sum over stages, the JSON, the plot and the summary agree, a rerun reproduces a seed's
+numbers, and --convergence trains every size for each schedule length."""
 import json
 import sys
 from pathlib import Path
@@ -53,3 +54,32 @@ def test_preserve_growth_keeps_the_test_accuracy_at_the_growth_step(quick):
         for before, after in zip(points, points[1:]):
             if after['stage'].startswith('grown to') and r['strategy'] == 'preserve':
                 assert after['top1'] == pytest.approx(before['top1'], abs=0.05)  # function-preserving
+
+
+def test_a_rerun_of_one_seed_reproduces_its_numbers_exactly(quick, tmp_path):
+    import growth_experiment
+    result, _ = quick
+    assert growth_experiment.main(['--quick', '--seeds', '0', '--output', str(tmp_path)]) == 0
+    rerun = json.loads((tmp_path / 'growth_vs_scratch_quick.json').read_text())
+    assert rerun['config']['seeds'] == [0]
+
+    def numbers(runs):
+        return [(r['strategy'], r['size'], [(p['flops'], p['top1'], p['stage']) for p in r['points']])
+                for r in runs if r['seed'] == 0]
+    assert numbers(rerun['runs']) == numbers(result['runs'])
+
+
+def test_convergence_mode_trains_every_size_for_each_schedule_length(tmp_path):
+    import growth_experiment
+    assert growth_experiment.main(['--quick', '--convergence', '--output', str(tmp_path)]) == 0
+    result = json.loads((tmp_path / 'growth_convergence_quick.json').read_text())
+    cfg = result['config']
+    assert cfg['seeds'] == [0]  # one seed unless --seeds
+    n, bs = cfg['train_images'], cfg['batch_size']
+    assert sorted((tuple(r['size']), r['epochs']) for r in result['runs']) == sorted(
+        (tuple(s), e) for s in cfg['sizes'] for e in cfg['convergence_epochs'])
+    for r in result['runs']:
+        assert r['strategy'] == 'scratch' and r['flops'] > 0
+        assert r['points'][-1]['flops'] == r['flops']  # the last evaluation is at the end of the schedule
+        assert result['final_top1'][f'{r["size"][0]}/{r["size"][1]}'][str(r['epochs'])] == r['points'][-1]['top1']
+    assert not (tmp_path / 'growth_vs_scratch_quick.json').exists()
