@@ -16,7 +16,10 @@ not counted), times the images seen at that size; a grown run's count includes a
         [--seeds 0,1,2] [--output benchmarks/results]   # writes growth_vs_scratch.json and .png
     python benchmarks/growth_experiment.py --convergence [--seeds 0]
         # every size from scratch for each of `convergence_epochs` (e.g. half and twice the
-        # scratch schedule): writes growth_convergence.json, the evidence that scratch_epochs converge
+        # scratch schedule): writes growth_convergence.json, how far scratch_epochs is from convergence
+    python benchmarks/growth_experiment.py --ladder-epochs 5,5,25 --strategies paper \
+        --reuse benchmarks/results/growth_vs_scratch.json --name growth_long_ladder
+        # one more ladder, plotted and summarised with an earlier result's runs
 """
 import argparse
 import json
@@ -139,8 +142,8 @@ def run_ladder(cfg, data, sizes_flops, mode, seed, label=None) -> dict:
 
 
 def run_convergence(cfg, data, sizes_flops, seeds, t0) -> dict:
-    """Every size from scratch for each schedule length in `convergence_epochs`, and the change of
-    its final top-1 from one length to the next: how far `scratch_epochs` is from convergence."""
+    """Every size from scratch for each schedule length in `convergence_epochs`, and each size's
+    final top-1 per length (mean over seeds): how far `scratch_epochs` is from convergence."""
     runs = []
     for seed in seeds:
         for epochs in cfg['convergence_epochs']:
