@@ -273,7 +273,9 @@ def main(argv=None) -> int:
         if differs:
             raise SystemExit(f'--reuse {args.reuse} was run with other settings ({", ".join(differs)}): '
                              'reuse a result of the same config.')
-        reused = [r for r in earlier['runs'] if r['seed'] in cfg['seeds']]
+        # runs of a strategy this invocation trains again are replaced, not counted twice
+        rerun = {m if m == 'scratch' or not label else f'{m} {label}' for m in strategies}
+        reused = [r for r in earlier['runs'] if r['seed'] in cfg['seeds'] and r['strategy'] not in rerun]
         for r in reused:
             if r['strategy'] != 'scratch':  # results written before runs recorded their ladder
                 r.setdefault('mode', r['strategy'])

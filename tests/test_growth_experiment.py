@@ -83,3 +83,29 @@ def test_convergence_mode_trains_every_size_for_each_schedule_length(tmp_path):
         assert r['points'][-1]['flops'] == r['flops']  # the last evaluation is at the end of the schedule
         assert result['final_top1'][f'{r["size"][0]}/{r["size"][1]}'][str(r['epochs'])] == r['points'][-1]['top1']
     assert not (tmp_path / 'growth_vs_scratch_quick.json').exists()
+
+
+def test_reuse_adds_a_labelled_ladder_and_replaces_what_it_reruns(quick, tmp_path):
+    import growth_experiment
+    result, out = quick
+    earlier = str(out / 'growth_vs_scratch_quick.json')
+    assert growth_experiment.main(['--quick', '--seeds', '0,1', '--strategies', 'paper', '--ladder-epochs',
+                                   '0.02,0.02,0.05', '--reuse', earlier, '--output', str(tmp_path), '--name', 'long']) == 0
+    long = json.loads((tmp_path / 'long_quick.json').read_text())
+    count = {}
+    for r in long['runs']:
+        count[r['strategy']] = count.get(r['strategy'], 0) + 1
+    assert count == {'scratch': 6, 'preserve': 2, 'paper': 2, 'paper 0.02+0.02+0.05': 2}
+    reused = [r for r in long['runs'] if r['strategy'] == 'scratch']
+    assert reused == [r for r in result['runs'] if r['strategy'] == 'scratch' and r['seed'] in (0, 1)]
+    assert 'paper 0.02+0.02+0.05 32/128' in long['summary']
+    # rerunning the config's own paper ladder replaces the reused one instead of counting it twice
+    assert growth_experiment.main(['--quick', '--seeds', '0', '--strategies', 'paper', '--reuse', earlier,
+                                   '--output', str(tmp_path), '--name', 'again']) == 0
+    again = json.loads((tmp_path / 'again_quick.json').read_text())
+    assert sum(r['strategy'] == 'paper' for r in again['runs']) == 1
+    with pytest.raises(SystemExit, match='other settings'):
+        growth_experiment.main(['--quick', '--config', str(REPO / 'configs' / 'growth_experiment.yaml'),
+                                '--strategies', 'paper', '--reuse', str(REPO / 'benchmarks' / 'results' /
+                                                                         'growth_vs_scratch.json'),
+                                '--output', str(tmp_path)])
