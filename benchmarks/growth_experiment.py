@@ -2,21 +2,24 @@
 
 One Tokenformer-ViT (width, depth and patch fixed) at a ladder of parameter-token counts, on
 Fashion-MNIST (60,000 training / 10,000 test images, 28x28):
-  (a) scratch:  every size trained from scratch for `scratch_epochs`;
+  (a) scratch:  every size trained from scratch for its `scratch_epochs` (one number, or one per size);
   (b) preserve: the smallest trained `ladder_epochs[0]` epochs, grown to the next size (function-
       preserving, optimizer state carried) and trained `ladder_epochs[1]`, and so on;
   (c) paper:    the same ladder, grown as the official code does (new keys random, τ recomputed).
 Each run is repeated over the seeds. Test top-1 is measured after every epoch (and every stage).
+Runs are independent and seed themselves: `--jobs` of them train at once, each in its own process with
+`--threads` torch threads (default: one process per core, one thread each; a run's numbers depend on
+its thread count, not on how many run beside it).
 
 Training FLOPs: forward + backward per image of each size, counted by torch's FlopCounterMode on
 one training step (matrix products and attention; 2 FLOPs per multiply-add; elementwise work is
 not counted), times the images seen at that size; a grown run's count includes all its stages.
 
     python benchmarks/growth_experiment.py [--config configs/growth_experiment.yaml] [--quick]
-        [--seeds 0,1,2] [--output benchmarks/results]   # writes growth_vs_scratch.json and .png
+        [--seeds 0,1,2] [--jobs N] [--output benchmarks/results]   # writes growth_vs_scratch.json and .png
     python benchmarks/growth_experiment.py --convergence [--seeds 0]
-        # every size from scratch for each of `convergence_epochs` (e.g. half and twice the
-        # scratch schedule): writes growth_convergence.json, how far scratch_epochs is from convergence
+        # every size from scratch for each of `convergence_factors` times its scratch_epochs (half and
+        # twice): writes growth_convergence.json, how far each size's schedule is from convergence
     python benchmarks/growth_experiment.py --ladder-epochs 5,5,25 --strategies paper \
         --reuse benchmarks/results/growth_vs_scratch.json --name growth_long_ladder
         # one more ladder, plotted and summarised with an earlier result's runs
@@ -24,6 +27,7 @@ not counted), times the images seen at that size; a grown run's count includes a
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -41,9 +45,9 @@ import tokenformer_vit  # noqa: E402,F401 - registers the models
 from tokenformer_vit.growth import grow_model, grow_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = dict(sizes=[[8, 32], [16, 64], [32, 128]], embed_dim=64, depth=2, scratch_epochs=0.1,
+QUICK = dict(sizes=[[8, 32], [16, 64], [32, 128]], embed_dim=64, depth=2, scratch_epochs=[0.1, 0.1, 0.05],
              ladder_epochs=[0.04, 0.03, 0.03], seeds=[0, 1, 2], train_images=60000, batch_size=128,
-             convergence_epochs=[0.02, 0.05])
+             convergence_factors=[0.5, 2])
 
 
 def build(cfg, attn: int, ffn: int) -> torch.nn.Module:
@@ -86,14 +90,15 @@ class Stage:
         warm = max(1, round(steps * self.cfg['warmup_fraction']))
         per_epoch = max(1, round(n / bs))
         eval_at = {min(steps, per_epoch * k) for k in range(1, math.ceil(epochs) + 1)} | {steps}
-        order = torch.randperm(n, generator=self.gen)
+        # a fresh shuffle every epoch
+        order = torch.cat([torch.randperm(n, generator=self.gen) for _ in range(math.ceil(steps * bs / n))])
         t0 = time.perf_counter()
         for step in range(steps):
             lr = (peak_lr * (step + 1) / warm if step < warm else
                   self.cfg['min_lr'] + 0.5 * (peak_lr - self.cfg['min_lr']) * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm))))
             for g in opt.param_groups:
                 g['lr'] = lr
-            idx = order[(step * bs + torch.arange(bs)) % n]
+            idx = order[step * bs:(step + 1) * bs]
             x, y = train_x[idx], train_y[idx]
             flip = torch.rand(len(x), generator=self.gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -113,11 +118,20 @@ def make_optimizer(cfg, model):
     return torch.optim.AdamW(model.parameters(), lr=cfg['lr'], betas=(0.9, 0.95), weight_decay=cfg['weight_decay'])
 
 
-def run_scratch(cfg, data, sizes_flops, size, seed) -> dict:
+def scratch_epochs(cfg, size) -> float:
+    """`scratch_epochs` is one number for every size, or a list with one per size."""
+    epochs = cfg['scratch_epochs']
+    if isinstance(epochs, (list, tuple)):
+        return epochs[[list(s) for s in cfg['sizes']].index(list(size))]
+    return epochs
+
+
+def run_scratch(cfg, data, sizes_flops, size, seed, epochs=None) -> dict:
+    epochs = scratch_epochs(cfg, size) if epochs is None else epochs
     torch.manual_seed(seed)
     model = build(cfg, *size)
-    log = dict(strategy='scratch', size=size, seed=seed, flops=0.0, seconds=0.0, points=[])
-    Stage(cfg, data, seed).run(model, make_optimizer(cfg, model), cfg['scratch_epochs'], cfg['lr'],
+    log = dict(strategy='scratch', size=size, seed=seed, epochs=epochs, flops=0.0, seconds=0.0, points=[])
+    Stage(cfg, data, seed).run(model, make_optimizer(cfg, model), epochs, cfg['lr'],
                                sizes_flops[tuple(size)], log, f'{size[0]}/{size[1]}')
     return log
 
@@ -141,22 +155,70 @@ def run_ladder(cfg, data, sizes_flops, mode, seed, label=None) -> dict:
     return log
 
 
-def run_convergence(cfg, data, sizes_flops, seeds, t0) -> dict:
-    """Every size from scratch for each schedule length in `convergence_epochs`, and each size's
-    final top-1 per length (mean over seeds): how far `scratch_epochs` is from convergence."""
-    runs = []
-    for seed in seeds:
-        for epochs in cfg['convergence_epochs']:
-            for size in cfg['sizes']:
-                log = run_scratch(dict(cfg, scratch_epochs=epochs), data, sizes_flops, size, seed)
-                log['epochs'] = epochs
-                runs.append(log)
-                print(f'seed {seed} scratch {size} for {epochs} epochs: {log["points"][-1]["top1"]:.2f}%  '
-                      f'({log["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)', flush=True)
+_WORKER = {}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER['data'] = load_tensors()
+
+
+def _execute(task: tuple) -> dict:
+    """One run, in this process or a worker: ('scratch', cfg, sizes_flops, size, seed, epochs) or
+    ('ladder', cfg, sizes_flops, mode, seed, label). Every run seeds itself, so its numbers do not
+    depend on which process runs it or when."""
+    kind, cfg, sizes_flops, a, seed, b = task
+    if 'data' not in _WORKER:
+        _WORKER['data'] = load_tensors()
+    if kind == 'scratch':
+        return run_scratch(cfg, _WORKER['data'], sizes_flops, a, seed, b)
+    return run_ladder(cfg, _WORKER['data'], sizes_flops, a, seed, b)
+
+
+def _cost(task: tuple) -> float:
+    """A rough relative running time, to start the longest runs first."""
+    kind, cfg, sizes_flops, a, seed, b = task
+    top = max(sizes_flops.values())
+    stages = [(a, b)] if kind == 'scratch' else list(zip(cfg['sizes'], cfg['ladder_epochs']))
+    return sum(e * (0.7 + 0.3 * sizes_flops[tuple(s)] / top) for s, e in stages)
+
+
+def execute_all(tasks: list, jobs: int, threads: int, t0: float) -> list:
+    """Run every task, `jobs` at a time in worker processes of `threads` torch threads each (in this
+    process when jobs is 1); the logs come back in the order of `tasks`."""
+    def report(log):
+        print(f'seed {log["seed"]} {log["strategy"]} {log["size"][0]}/{log["size"][1]}'
+              + (f' for {log["epochs"]:g} epochs' if log['strategy'] == 'scratch' else ' ladder')
+              + f': {log["points"][-1]["top1"]:.2f}%  ({log["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)',
+              flush=True)
+        return log
+    if jobs <= 1:
+        return [report(_execute(t)) for t in tasks]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    logs = [None] * len(tasks)
+    order = sorted(range(len(tasks)), key=lambda i: -_cost(tasks[i]))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn'),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_execute, tasks[i]): i for i in order}
+        for future in as_completed(futures):
+            logs[futures[future]] = report(future.result())
+    return logs
+
+
+def run_convergence(cfg, sizes_flops, jobs, threads, t0) -> dict:
+    """Every size from scratch for each of `convergence_factors` times its scratch schedule, and each
+    size's final top-1 per length in epochs (mean over seeds): how far the scratch schedules are from
+    convergence."""
+    lengths = {tuple(size): [f * scratch_epochs(cfg, size) for f in cfg['convergence_factors']]
+               for size in cfg['sizes']}
+    tasks = [('scratch', cfg, sizes_flops, size, seed, epochs)
+             for seed in cfg['seeds'] for size in cfg['sizes'] for epochs in lengths[tuple(size)]]
+    runs = execute_all(tasks, jobs, threads, t0)
     table = {}
     for size in cfg['sizes']:
         row = {}
-        for epochs in cfg['convergence_epochs']:
+        for epochs in lengths[tuple(size)]:
             finals = [r['points'][-1]['top1'] for r in runs if r['size'] == size and r['epochs'] == epochs]
             row[str(epochs)] = statistics.mean(finals)
         table[f'{size[0]}/{size[1]}'] = row
@@ -211,7 +273,8 @@ def plot(cfg, runs, path: Path) -> None:
         err = [statistics.stdev([r['points'][i]['top1'] for r in rs]) if len(rs) > 1 else 0 for i in range(n)]
         if strategy == 'scratch':
             color = colors['scratch'][[tuple(s) for s in cfg['sizes']].index(size) % 3]
-            label = f'from scratch, {size[0]}/{size[1]} tokens'
+            epochs = rs[0].get('epochs', scratch_epochs(cfg, size))
+            label = f'from scratch, {size[0]}/{size[1]} tokens, {epochs:g} epochs'
         else:
             mode, epochs = rs[0].get('mode', strategy), rs[0].get('ladder_epochs', cfg['ladder_epochs'])
             color = colors[mode][0]
@@ -239,7 +302,8 @@ def main(argv=None) -> int:
     p.add_argument('--output', default=str(REPO / 'benchmarks' / 'results'))
     p.add_argument('--seeds', default=None, help='comma-separated seeds, instead of the config\'s')
     p.add_argument('--convergence', action='store_true',
-                   help='train every size from scratch for each of convergence_epochs instead (seed 0 unless --seeds)')
+                   help='train every size from scratch for each of convergence_factors times its scratch_epochs '
+                        'instead (seed 0 unless --seeds)')
     p.add_argument('--ladder-epochs', default=None,
                    help='comma-separated epochs per ladder stage, instead of the config\'s; the ladders are then '
                         'labelled with them ("paper 5+5+25")')
@@ -247,7 +311,10 @@ def main(argv=None) -> int:
     p.add_argument('--reuse', default=None, metavar='JSON',
                    help='an earlier result of the same config whose runs join this one\'s (e.g. its scratch runs)')
     p.add_argument('--name', default=None, help='output file name, without .json/.png')
-    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--jobs', type=int, default=None,
+                   help='runs trained at once, each in its own process (default: one per CPU core)')
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch threads per run (default 1: the numbers then do not depend on the machine\'s cores)')
     args = p.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
     if args.quick:
@@ -260,6 +327,9 @@ def main(argv=None) -> int:
     if args.ladder_epochs:
         cfg['ladder_epochs'] = [float(e) for e in args.ladder_epochs.split(',')]
         label = '+'.join(f'{e:g}' for e in cfg['ladder_epochs'])
+    if isinstance(cfg['scratch_epochs'], (list, tuple)) and len(cfg['scratch_epochs']) != len(cfg['sizes']):
+        raise SystemExit(f'scratch_epochs has {len(cfg["scratch_epochs"])} entries for {len(cfg["sizes"])} sizes: '
+                         'give one number for every size, or one per size.')
     if len(cfg['ladder_epochs']) != len(cfg['sizes']):
         raise SystemExit(f'ladder_epochs has {len(cfg["ladder_epochs"])} stages for {len(cfg["sizes"])} sizes: '
                          'give one number of epochs per size.')
@@ -269,7 +339,8 @@ def main(argv=None) -> int:
     reused = []
     if args.reuse:
         earlier = json.loads(Path(args.reuse).read_text())
-        differs = [k for k in cfg if k not in ('ladder_epochs', 'seeds') and earlier['config'].get(k) != cfg[k]]
+        differs = [k for k in cfg if k not in ('ladder_epochs', 'seeds', 'convergence_factors')
+                   and earlier['config'].get(k) != cfg[k]]
         if differs:
             raise SystemExit(f'--reuse {args.reuse} was run with other settings ({", ".join(differs)}): '
                              'reuse a result of the same config.')
@@ -283,42 +354,40 @@ def main(argv=None) -> int:
     if 'scratch' not in strategies and not any(r['strategy'] == 'scratch' for r in reused):
         raise SystemExit('Without scratch runs there is nothing to compare against: keep scratch in --strategies '
                          'or --reuse a result that has them.')
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if jobs < 1 or args.threads < 1:
+        raise SystemExit(f'--jobs {args.jobs} --threads {args.threads}: both must be at least 1.')
+    torch.set_num_threads(args.threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or ('growth_convergence' if args.convergence else 'growth_vs_scratch')
     name += '_quick' if args.quick else ''
-    data = load_tensors()
     sizes_flops = {tuple(s): train_flops_per_image(cfg, *s) for s in cfg['sizes']}
     print('training GFLOPs per image: ' + ', '.join(f'{a}/{b}: {f / 1e9:.4f}' for (a, b), f in sizes_flops.items()),
           flush=True)
-    runs, t0 = [], time.time()
+    t0 = time.time()
     if args.convergence:
-        result = run_convergence(cfg, data, sizes_flops, cfg['seeds'], t0)
-        result.update(config=cfg, wall_seconds=time.time() - t0, threads=torch.get_num_threads())
+        result = run_convergence(cfg, sizes_flops, jobs, args.threads, t0)
+        result.update(config=cfg, wall_seconds=time.time() - t0, jobs=jobs, threads=args.threads)
         (out / f'{name}.json').write_text(json.dumps(result, indent=1))
-        epochs = cfg['convergence_epochs']
-        print(f'\nfinal test top-1 % (mean over seeds {cfg["seeds"]}) by schedule length in epochs')
-        print(f'{"size":<10}' + ''.join(f'{e:>10}' for e in epochs))
+        print(f'\nfinal test top-1 % (mean over seeds {cfg["seeds"]}) at each schedule length')
         for size, row in result['final_top1'].items():
-            print(f'{size:<10}' + ''.join(f'{row[str(e)]:>10.2f}' for e in epochs))
+            print(f'{size:<8} scratch_epochs {scratch_epochs(cfg, [int(t) for t in size.split("/")]):g}: '
+                  + ', '.join(f'{float(e):g} epochs {top1:.2f}' for e, top1 in row.items()))
         print(f'wrote {out / name}.json ({time.time() - t0:.0f} s)')
         return 0
+    tasks = []
     for seed in cfg['seeds']:
-        for size in cfg['sizes'] if 'scratch' in strategies else []:
-            runs.append(run_scratch(cfg, data, sizes_flops, size, seed))
-            print(f'seed {seed} scratch {size}: {runs[-1]["points"][-1]["top1"]:.2f}%  '
-                  f'({runs[-1]["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)', flush=True)
-        for mode in [m for m in ('preserve', 'paper') if m in strategies]:
-            runs.append(run_ladder(cfg, data, sizes_flops, mode, seed, label and f'{mode} {label}'))
-            print(f'seed {seed} {runs[-1]["strategy"]} ladder: {runs[-1]["points"][-1]["top1"]:.2f}%  '
-                  f'({runs[-1]["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)', flush=True)
+        tasks += [('scratch', cfg, sizes_flops, size, seed, scratch_epochs(cfg, size))
+                  for size in cfg['sizes'] if 'scratch' in strategies]
+        tasks += [('ladder', cfg, sizes_flops, mode, seed, label and f'{mode} {label}')
+                  for mode in ('preserve', 'paper') if mode in strategies]
+    runs = execute_all(tasks, jobs, args.threads, t0)
     wall = time.time() - t0
     runs = reused + runs
     summary = summarize(cfg, runs)
     result = dict(config=cfg, train_flops_per_image={f'{a}/{b}': f for (a, b), f in sizes_flops.items()},
-                  summary=summary, runs=runs, wall_seconds=wall, threads=torch.get_num_threads(),
+                  summary=summary, runs=runs, wall_seconds=wall, jobs=jobs, threads=args.threads,
                   reused=dict(path=args.reuse, runs=len(reused)) if reused else None)
     (out / f'{name}.json').write_text(json.dumps(result, indent=1))
     plot(cfg, runs, out / f'{name}.png')

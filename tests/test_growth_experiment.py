@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO / 'benchmarks'))
 def quick(tmp_path_factory):
     import growth_experiment
     out = tmp_path_factory.mktemp('growth')
-    assert growth_experiment.main(['--quick', '--output', str(out)]) == 0
+    assert growth_experiment.main(['--quick', '--jobs', '2', '--output', str(out)]) == 0
     return json.loads((out / 'growth_vs_scratch_quick.json').read_text()), out
 
 
@@ -37,6 +37,12 @@ def test_flops_grow_with_tokens_and_a_ladder_counts_all_its_stages(quick):
     f = [per_image[f'{a}/{b}'] for a, b in cfg['sizes']]
     assert f[0] < f[1] < f[2] < 2.2 * f[1]  # Pattention cost is linear in the token count, plus a fixed part
     n, bs = cfg['train_images'], cfg['batch_size']
+    assert len(set(cfg['scratch_epochs'])) > 1  # one schedule length per size
+    for r in result['runs']:
+        if r['strategy'] == 'scratch':
+            i = cfg['sizes'].index(r['size'])
+            assert r['epochs'] == cfg['scratch_epochs'][i]
+            assert r['flops'] == pytest.approx(round(r['epochs'] * n / bs) * bs * f[i], rel=1e-9)
     expected = sum(round(e * n / bs) * bs * fi for e, fi in zip(cfg['ladder_epochs'], f))
     for r in result['runs']:
         if r['strategy'] != 'scratch':
@@ -56,10 +62,10 @@ def test_preserve_growth_keeps_the_test_accuracy_at_the_growth_step(quick):
                 assert after['top1'] == pytest.approx(before['top1'], abs=0.05)  # function-preserving
 
 
-def test_a_rerun_of_one_seed_reproduces_its_numbers_exactly(quick, tmp_path):
+def test_a_rerun_of_one_seed_in_one_process_reproduces_its_numbers_exactly(quick, tmp_path):
     import growth_experiment
-    result, _ = quick
-    assert growth_experiment.main(['--quick', '--seeds', '0', '--output', str(tmp_path)]) == 0
+    result, _ = quick  # trained two runs at a time, in worker processes
+    assert growth_experiment.main(['--quick', '--seeds', '0', '--jobs', '1', '--output', str(tmp_path)]) == 0
     rerun = json.loads((tmp_path / 'growth_vs_scratch_quick.json').read_text())
     assert rerun['config']['seeds'] == [0]
 
@@ -77,12 +83,23 @@ def test_convergence_mode_trains_every_size_for_each_schedule_length(tmp_path):
     assert cfg['seeds'] == [0]  # one seed unless --seeds
     n, bs = cfg['train_images'], cfg['batch_size']
     assert sorted((tuple(r['size']), r['epochs']) for r in result['runs']) == sorted(
-        (tuple(s), e) for s in cfg['sizes'] for e in cfg['convergence_epochs'])
+        (tuple(s), f * e) for s, e in zip(cfg['sizes'], cfg['scratch_epochs']) for f in cfg['convergence_factors'])
     for r in result['runs']:
         assert r['strategy'] == 'scratch' and r['flops'] > 0
         assert r['points'][-1]['flops'] == r['flops']  # the last evaluation is at the end of the schedule
         assert result['final_top1'][f'{r["size"][0]}/{r["size"][1]}'][str(r['epochs'])] == r['points'][-1]['top1']
     assert not (tmp_path / 'growth_vs_scratch_quick.json').exists()
+
+
+def test_bad_schedules_and_process_counts_are_refused(tmp_path):
+    import growth_experiment
+    config = tmp_path / 'bad.yaml'
+    config.write_text((REPO / 'configs' / 'growth_experiment.yaml').read_text().replace(
+        'scratch_epochs:', 'scratch_epochs: [1, 2]  #'))
+    with pytest.raises(SystemExit, match='scratch_epochs has 2 entries for 3 sizes'):
+        growth_experiment.main(['--config', str(config), '--output', str(tmp_path)])
+    with pytest.raises(SystemExit, match='at least 1'):
+        growth_experiment.main(['--quick', '--jobs', '0', '--output', str(tmp_path)])
 
 
 def test_reuse_adds_a_labelled_ladder_and_replaces_what_it_reruns(quick, tmp_path):
