@@ -192,6 +192,7 @@ def execute_all(tasks: list, jobs: int, threads: int, t0: float) -> list:
               + f': {log["points"][-1]["top1"]:.2f}%  ({log["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)',
               flush=True)
         return log
+    jobs = min(jobs, len(tasks))
     if jobs <= 1:
         return [report(_execute(t)) for t in tasks]
     import multiprocessing
@@ -296,6 +297,14 @@ def plot(cfg, runs, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    previous = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:  # --threads is for the runs, not for whoever called main()
+        torch.set_num_threads(previous)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default=str(REPO / 'configs' / 'growth_experiment.yaml'))
     p.add_argument('--quick', action='store_true', help='a tiny version for the tests (< 5 min)')
@@ -312,7 +321,7 @@ def main(argv=None) -> int:
                    help='an earlier result of the same config whose runs join this one\'s (e.g. its scratch runs)')
     p.add_argument('--name', default=None, help='output file name, without .json/.png')
     p.add_argument('--jobs', type=int, default=None,
-                   help='runs trained at once, each in its own process (default: one per CPU core)')
+                   help='runs trained at once, each in its own process (default: one per CPU core, at most one per run)')
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads per run (default 1: the numbers then do not depend on the machine\'s cores)')
     args = p.parse_args(argv)
@@ -354,7 +363,8 @@ def main(argv=None) -> int:
     if 'scratch' not in strategies and not any(r['strategy'] == 'scratch' for r in reused):
         raise SystemExit('Without scratch runs there is nothing to compare against: keep scratch in --strategies '
                          'or --reuse a result that has them.')
-    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    jobs = args.jobs if args.jobs is not None else cores
     if jobs < 1 or args.threads < 1:
         raise SystemExit(f'--jobs {args.jobs} --threads {args.threads}: both must be at least 1.')
     torch.set_num_threads(args.threads)

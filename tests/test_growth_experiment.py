@@ -63,9 +63,12 @@ def test_preserve_growth_keeps_the_test_accuracy_at_the_growth_step(quick):
 
 
 def test_a_rerun_of_one_seed_in_one_process_reproduces_its_numbers_exactly(quick, tmp_path):
+    import torch
     import growth_experiment
     result, _ = quick  # trained two runs at a time, in worker processes
+    threads = torch.get_num_threads()
     assert growth_experiment.main(['--quick', '--seeds', '0', '--jobs', '1', '--output', str(tmp_path)]) == 0
+    assert torch.get_num_threads() == threads  # the runs' one thread is not left set in the caller
     rerun = json.loads((tmp_path / 'growth_vs_scratch_quick.json').read_text())
     assert rerun['config']['seeds'] == [0]
 
