@@ -160,7 +160,6 @@ _WORKER = {}
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER['data'] = load_tensors()
 
 
 def _execute(task: tuple) -> dict:
