@@ -25,6 +25,7 @@ not counted), times the images seen at that size; a grown run's count includes a
         # one more ladder, plotted and summarised with an earlier result's runs
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -126,8 +127,7 @@ def scratch_epochs(cfg, size) -> float:
     return epochs
 
 
-def run_scratch(cfg, data, sizes_flops, size, seed, epochs=None) -> dict:
-    epochs = scratch_epochs(cfg, size) if epochs is None else epochs
+def run_scratch(cfg, data, sizes_flops, size, seed, epochs: float) -> dict:
     torch.manual_seed(seed)
     model = build(cfg, *size)
     log = dict(strategy='scratch', size=size, seed=seed, epochs=epochs, flops=0.0, seconds=0.0, points=[])
@@ -155,7 +155,10 @@ def run_ladder(cfg, data, sizes_flops, mode, seed, label=None) -> dict:
     return log
 
 
-_WORKER = {}
+@functools.lru_cache(maxsize=1)
+def _data():
+    """The data set, loaded once per process."""
+    return load_tensors()
 
 
 def _init_worker(threads: int) -> None:
@@ -167,11 +170,9 @@ def _execute(task: tuple) -> dict:
     ('ladder', cfg, sizes_flops, mode, seed, label). Every run seeds itself, so its numbers do not
     depend on which process runs it or when."""
     kind, cfg, sizes_flops, a, seed, b = task
-    if 'data' not in _WORKER:
-        _WORKER['data'] = load_tensors()
     if kind == 'scratch':
-        return run_scratch(cfg, _WORKER['data'], sizes_flops, a, seed, b)
-    return run_ladder(cfg, _WORKER['data'], sizes_flops, a, seed, b)
+        return run_scratch(cfg, _data(), sizes_flops, a, seed, b)
+    return run_ladder(cfg, _data(), sizes_flops, a, seed, b)
 
 
 def _cost(task: tuple) -> float:
@@ -273,10 +274,9 @@ def plot(cfg, runs, path: Path) -> None:
         err = [statistics.stdev([r['points'][i]['top1'] for r in rs]) if len(rs) > 1 else 0 for i in range(n)]
         if strategy == 'scratch':
             color = colors['scratch'][[tuple(s) for s in cfg['sizes']].index(size) % 3]
-            epochs = rs[0].get('epochs', scratch_epochs(cfg, size))
-            label = f'from scratch, {size[0]}/{size[1]} tokens, {epochs:g} epochs'
+            label = f'from scratch, {size[0]}/{size[1]} tokens, {rs[0]["epochs"]:g} epochs'
         else:
-            mode, epochs = rs[0].get('mode', strategy), rs[0].get('ladder_epochs', cfg['ladder_epochs'])
+            mode, epochs = rs[0]['mode'], rs[0]['ladder_epochs']
             color = colors[mode][0]
             label = (f'grown ({mode}), ' + ' → '.join(f'{a}/{b}' for a, b in cfg['sizes']) +
                      ', ' + '+'.join(f'{e:g}' for e in epochs) + ' epochs')
@@ -355,10 +355,6 @@ def _main(argv) -> int:
         # runs of a strategy this invocation trains again are replaced, not counted twice
         rerun = {m if m == 'scratch' or not label else f'{m} {label}' for m in strategies}
         reused = [r for r in earlier['runs'] if r['seed'] in cfg['seeds'] and r['strategy'] not in rerun]
-        for r in reused:
-            if r['strategy'] != 'scratch':  # results written before runs recorded their ladder
-                r.setdefault('mode', r['strategy'])
-                r.setdefault('ladder_epochs', earlier['config']['ladder_epochs'])
     if 'scratch' not in strategies and not any(r['strategy'] == 'scratch' for r in reused):
         raise SystemExit('Without scratch runs there is nothing to compare against: keep scratch in --strategies '
                          'or --reuse a result that has them.')
