@@ -376,8 +376,9 @@ def _main(argv) -> int:
         result.update(config=cfg, wall_seconds=time.time() - t0, jobs=jobs, threads=args.threads)
         (out / f'{name}.json').write_text(json.dumps(result, indent=1))
         print(f'\nfinal test top-1 % (mean over seeds {cfg["seeds"]}) at each schedule length')
-        for size, row in result['final_top1'].items():
-            print(f'{size:<8} scratch_epochs {scratch_epochs(cfg, [int(t) for t in size.split("/")]):g}: '
+        for size in cfg['sizes']:
+            row = result['final_top1'][f'{size[0]}/{size[1]}']
+            print(f'{size[0]}/{size[1]:<5} scratch_epochs {scratch_epochs(cfg, size):g}: '
                   + ', '.join(f'{float(e):g} epochs {top1:.2f}' for e, top1 in row.items()))
         print(f'wrote {out / name}.json ({time.time() - t0:.0f} s)')
         return 0
