@@ -6,7 +6,8 @@ Fashion-MNIST (60,000 training / 10,000 test images, 28x28):
   (b) preserve: the smallest trained `ladder_epochs[0]` epochs, grown to the next size (function-
       preserving, optimizer state carried) and trained `ladder_epochs[1]`, and so on;
   (c) paper:    the same ladder, grown as the official code does (new keys random, τ recomputed).
-Each run is repeated over the seeds. Test top-1 is measured after every epoch (and every stage).
+Each run is repeated over the seeds. Test top-1 is measured after every epoch (every few epochs where a
+stage is longer than `max_evals` epochs), at the end of every stage and right after every growth.
 Runs are independent and seed themselves: `--jobs` of them train at once, each in its own process with
 `--threads` torch threads (default: one process per core, one thread each; a run's numbers depend on
 its thread count, not on how many run beside it).
@@ -46,7 +47,7 @@ import tokenformer_vit  # noqa: E402,F401 - registers the models
 from tokenformer_vit.growth import grow_model, grow_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = dict(sizes=[[8, 32], [16, 64], [32, 128]], embed_dim=64, depth=2, scratch_epochs=[0.1, 0.1, 0.05],
+QUICK = dict(sizes=[[16, 64], [32, 128], [64, 256]], embed_dim=64, depth=2, scratch_epochs=[0.1, 0.1, 0.05],
              ladder_epochs=[0.04, 0.03, 0.03], seeds=[0, 1, 2], train_images=60000, batch_size=128,
              convergence_factors=[0.5, 2])
 
@@ -90,7 +91,10 @@ class Stage:
         steps = max(1, round(epochs * n / bs))
         warm = max(1, round(steps * self.cfg['warmup_fraction']))
         per_epoch = max(1, round(n / bs))
-        eval_at = {min(steps, per_epoch * k) for k in range(1, math.ceil(epochs) + 1)} | {steps}
+        # after every epoch, or every few epochs for long schedules (at most max_evals), and at the end;
+        # evaluating draws no random numbers, so how often it happens does not change the training
+        every = max(1, math.ceil(math.ceil(epochs) / self.cfg.get('max_evals', math.inf)))
+        eval_at = {min(steps, per_epoch * k) for k in range(every, math.ceil(epochs) + 1, every)} | {steps}
         # a fresh shuffle every epoch
         order = torch.cat([torch.randperm(n, generator=self.gen) for _ in range(math.ceil(steps * bs / n))])
         t0 = time.perf_counter()

@@ -129,3 +129,18 @@ def test_reuse_adds_a_labelled_ladder_and_replaces_what_it_reruns(quick, tmp_pat
                                 '--strategies', 'paper', '--reuse', str(REPO / 'benchmarks' / 'results' /
                                                                          'growth_vs_scratch.json'),
                                 '--output', str(tmp_path)])
+
+
+def test_fewer_evaluations_leave_the_training_unchanged():
+    import growth_experiment
+    import yaml
+    cfg = yaml.safe_load((REPO / 'configs' / 'growth_experiment.yaml').read_text())
+    cfg.update(train_images=512, batch_size=128)  # 4 steps an epoch
+    data = growth_experiment._data()
+    flops = {(8, 32): 1.0}
+    unlimited = {k: v for k, v in cfg.items() if k != 'max_evals'}
+    every_epoch = growth_experiment.run_scratch(unlimited, data, flops, [8, 32], 0, 6)
+    sparse = growth_experiment.run_scratch(dict(cfg, max_evals=2), data, flops, [8, 32], 0, 6)
+    assert [p['flops'] for p in every_epoch['points']] == [4 * 128 * k for k in range(1, 7)]
+    assert [p['flops'] for p in sparse['points']] == [4 * 128 * 3, 4 * 128 * 6]  # every 3rd epoch
+    assert [p['top1'] for p in sparse['points']] == [every_epoch['points'][i]['top1'] for i in (2, 5)]
