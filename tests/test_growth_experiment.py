@@ -118,7 +118,8 @@ def test_reuse_adds_a_labelled_ladder_and_replaces_what_it_reruns(quick, tmp_pat
     assert count == {'scratch': 6, 'preserve': 2, 'paper': 2, 'paper 0.02+0.02+0.05': 2}
     reused = [r for r in long['runs'] if r['strategy'] == 'scratch']
     assert reused == [r for r in result['runs'] if r['strategy'] == 'scratch' and r['seed'] in (0, 1)]
-    assert 'paper 0.02+0.02+0.05 32/128' in long['summary']
+    largest = long['config']['sizes'][-1]
+    assert f'paper 0.02+0.02+0.05 {largest[0]}/{largest[1]}' in long['summary']
     # rerunning the config's own paper ladder replaces the reused one instead of counting it twice
     assert growth_experiment.main(['--quick', '--seeds', '0', '--strategies', 'paper', '--reuse', earlier,
                                    '--output', str(tmp_path), '--name', 'again']) == 0
