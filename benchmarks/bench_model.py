@@ -4,11 +4,16 @@ For each pair it prints inference images/s (eval, no grad), train-step images/s 
 backward and an AdamW step), the activation memory saved for backward (bytes of the distinct
 tensors autograd keeps, counted with saved-tensor hooks) and, on CUDA, the peak memory of a train
 step. Both models of a pair are timed step by step in alternation and medians are reported, so
-drift in the machine's speed falls on both alike. Eager, and with --compile also torch.compile.
+drift in the machine's speed falls on both alike. Eager, and with --compile also torch.compile
+(`--compile-mode regional` compiles each block instead of the whole model: identical blocks share
+one compilation, so it compiles in a fraction of the time, for both models of a pair alike).
+`--impls torch fused` times the Tokenformer once per Pattention implementation, each against the
+same ViT in the same interleaved loop.
 
     python benchmarks/bench_model.py                       # CPU fp32: base_pm vs ViT-B
     python benchmarks/bench_model.py --pairs all --compile  # every size, eager and compiled
     python benchmarks/bench_model.py --device cuda --amp bf16 --batch 256 --train-batch 128 --json out.json
+    python benchmarks/bench_model.py --device cuda --pairs tiny base_pm --impls torch fused --compile
 """
 import argparse
 import contextlib
@@ -56,14 +61,19 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, amp_ctx) -> 
 class Runner:
     """One model's inference and train steps, built once."""
 
-    def __init__(self, name: str, args, compiled: bool):
+    def __init__(self, name: str, args, compiled: bool, impl: str = None):
         self.name = name
         self.device = args.device
-        self.model = timm.create_model(name).to(args.device)
+        self.model = timm.create_model(name, **({'pattention_impl': impl} if impl else {})).to(args.device)
         self.amp_ctx = (lambda: torch.autocast(args.device.split(':')[0], dtype=torch.bfloat16)) \
             if args.amp == 'bf16' else contextlib.nullcontext
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.fn = torch.compile(self.model) if compiled else self.model
+        self.fn = self.model
+        if compiled and args.compile_mode == 'regional':
+            for block in self.model.blocks:
+                block.compile()
+        elif compiled:
+            self.fn = torch.compile(self.model)
         self.x_inf = torch.randn(args.batch, 3, 224, 224, device=args.device)
         self.x_train = torch.randn(args.train_batch, 3, 224, 224, device=args.device)
         self.y_train = torch.randint(0, 1000, (args.train_batch,), device=args.device)
@@ -104,26 +114,33 @@ def interleaved_seconds(fns, iters: int, warmup: int, device: str):
     return [statistics.median(t) for t in times]
 
 
-def run_pair(ours: str, base: str, args, compiled: bool) -> dict:
-    runners = [Runner(ours, args, compiled), Runner(base, args, compiled)]
+def run_pair(ours: str, base: str, args, compiled: bool) -> list:
+    """One row per Pattention implementation of `ours`, each against `base` timed in the same loop."""
+    runners = [Runner(base, args, compiled)] + [Runner(ours, args, compiled, impl) for impl in args.impls]
     inf = interleaved_seconds([r.infer for r in runners], args.iters, args.warmup, args.device)
     train = interleaved_seconds([r.train_step for r in runners], args.iters, args.warmup, args.device)
     saved = [saved_activation_bytes(r.model.train(), r.x_train, r.amp_ctx) for r in runners]
     peak = [r.peak_train_bytes() for r in runners]
     params = [sum(p.numel() for p in r.model.parameters()) for r in runners]
-    row = dict(
-        ours=ours, baseline=base, mode='compiled' if compiled else 'eager',
-        params=params[0], baseline_params=params[1],
-        infer_img_s=args.batch / inf[0], baseline_infer_img_s=args.batch / inf[1],
-        train_img_s=args.train_batch / train[0], baseline_train_img_s=args.train_batch / train[1],
-        saved_mib=saved[0] / 2 ** 20, baseline_saved_mib=saved[1] / 2 ** 20,
-        peak_train_mib=peak[0] / 2 ** 20, baseline_peak_train_mib=peak[1] / 2 ** 20,
-    )
-    row['infer_ratio'] = row['infer_img_s'] / row['baseline_infer_img_s']
-    row['train_ratio'] = row['train_img_s'] / row['baseline_train_img_s']
-    row['saved_ratio'] = row['saved_mib'] / row['baseline_saved_mib']
+    rows = []
+    for i, impl in enumerate(args.impls, start=1):
+        row = dict(
+            ours=ours, baseline=base, mode='compiled' if compiled else 'eager', impl=impl,
+            compile_mode=args.compile_mode if compiled else None,
+            params=params[i], baseline_params=params[0],
+            infer_img_s=args.batch / inf[i], baseline_infer_img_s=args.batch / inf[0],
+            train_img_s=args.train_batch / train[i], baseline_train_img_s=args.train_batch / train[0],
+            saved_mib=saved[i] / 2 ** 20, baseline_saved_mib=saved[0] / 2 ** 20,
+            peak_train_mib=peak[i] / 2 ** 20, baseline_peak_train_mib=peak[0] / 2 ** 20,
+        )
+        row['infer_ratio'] = row['infer_img_s'] / row['baseline_infer_img_s']
+        row['train_ratio'] = row['train_img_s'] / row['baseline_train_img_s']
+        row['saved_ratio'] = row['saved_mib'] / row['baseline_saved_mib']
+        rows.append(row)
     del runners
-    return row
+    if args.device.startswith('cuda'):
+        torch.cuda.empty_cache()
+    return rows
 
 
 def main() -> None:
@@ -137,6 +154,11 @@ def main() -> None:
     parser.add_argument('--iters', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--compile', action='store_true', help='also measure torch.compile')
+    parser.add_argument('--compile-mode', choices=['full', 'regional'], default='full',
+                        help='compile the whole model, or each block (faster to compile)')
+    parser.add_argument('--only-compiled', action='store_true', help='with --compile, skip the eager rows')
+    parser.add_argument('--impls', nargs='+', default=['torch'], choices=['auto', 'torch', 'fused'],
+                        help="the Tokenformer's Pattention implementations to time")
     parser.add_argument('--json', default=None, help='write the rows to this file')
     args = parser.parse_args()
     cuda = args.device.startswith('cuda')
@@ -150,26 +172,34 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if cuda else f'cpu ({torch.get_num_threads()} threads)'
     print(f'{dev}, amp={args.amp}, inference batch {args.batch}, train batch {args.train_batch}, '
           f'torch {torch.__version__}, timm {timm.__version__}')
-    header = (f'{"model":<26}{"mode":<9}{"params M":>9}{"infer img/s":>12}{"ratio":>7}'
+    header = (f'{"model":<32}{"mode":<9}{"params M":>9}{"infer img/s":>12}{"ratio":>7}'
               f'{"train img/s":>12}{"ratio":>7}{"saved MiB":>10}{"ratio":>7}{"peak MiB":>10}')
     print(header)
     rows = []
+    modes = [True] if args.compile and args.only_compiled else [False, True] if args.compile else [False]
+
+    def write_json():  # after every pair, so that a run cut short keeps what it measured
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(dict(device=dev, amp=args.amp, batch=args.batch, train_batch=args.train_batch,
+                               compile_mode=args.compile_mode if args.compile else None, iters=args.iters,
+                               torch=torch.__version__, timm=timm.__version__, rows=rows), f, indent=1)
+
     for key in pairs:
         ours, base = PAIRS[key]
-        for compiled in ([False, True] if args.compile else [False]):
-            r = run_pair(ours, base, args, compiled)
-            rows.append(r)
-            print(f'{r["baseline"]:<26}{r["mode"]:<9}{r["baseline_params"] / 1e6:>9.1f}'
+        for compiled in modes:
+            pair_rows = run_pair(ours, base, args, compiled)
+            rows += pair_rows
+            write_json()
+            r = pair_rows[0]
+            print(f'{r["baseline"]:<32}{r["mode"]:<9}{r["baseline_params"] / 1e6:>9.1f}'
                   f'{r["baseline_infer_img_s"]:>12.1f}{"":>7}{r["baseline_train_img_s"]:>12.1f}{"":>7}'
                   f'{r["baseline_saved_mib"]:>10.0f}{"":>7}{r["baseline_peak_train_mib"]:>10.0f}')
-            print(f'{r["ours"]:<26}{r["mode"]:<9}{r["params"] / 1e6:>9.1f}'
-                  f'{r["infer_img_s"]:>12.1f}{r["infer_ratio"]:>7.3f}{r["train_img_s"]:>12.1f}'
-                  f'{r["train_ratio"]:>7.3f}{r["saved_mib"]:>10.0f}{r["saved_ratio"]:>7.3f}'
-                  f'{r["peak_train_mib"]:>10.0f}', flush=True)
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(device=dev, amp=args.amp, batch=args.batch, train_batch=args.train_batch,
-                           torch=torch.__version__, timm=timm.__version__, rows=rows), f, indent=1)
+            for r in pair_rows:
+                print(f'{r["ours"] + " " + r["impl"]:<32}{r["mode"]:<9}{r["params"] / 1e6:>9.1f}'
+                      f'{r["infer_img_s"]:>12.1f}{r["infer_ratio"]:>7.3f}{r["train_img_s"]:>12.1f}'
+                      f'{r["train_ratio"]:>7.3f}{r["saved_mib"]:>10.0f}{r["saved_ratio"]:>7.3f}'
+                      f'{r["peak_train_mib"]:>10.0f}', flush=True)
 
 
 if __name__ == '__main__':

@@ -41,12 +41,12 @@ def shards(tmp_path_factory):
     return root / 'wds'
 
 
-def train(*flags, check=True, popen=None):
+def train(*flags, check=True, popen=None, env=None):
     """Run train_imagenet.py on the tiny model; with popen (Popen's options) return the process."""
     cmd = [sys.executable, str(REPO / 'train_imagenet.py'), *TINY, *map(str, flags)]
     if popen is not None:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if check:
         assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -215,6 +215,27 @@ def test_bad_config_flag_and_schedule_are_one_clear_error(tmp_path, capsys, shar
     assert res.returncode == 2 and res.stderr.strip().count('\n') == 0 and 'does not exist' in res.stderr
     res = train('--data-dir', shards, '--output', tmp_path / 'o', '--amp', 'fp16', check=False)
     assert res.returncode == 2 and 'fp16 needs a CUDA GPU' in res.stderr
+
+
+def test_fused_pattention_run_matches_the_torch_run_and_is_refused_where_it_cannot_run(shards, tmp_path):
+    # without a GPU the fused kernels run under TRITON_INTERPRET=1 (set by conftest.py, inherited here)
+    assert os.environ.get('TRITON_INTERPRET') == '1' or torch.cuda.is_available()
+    flags = ['--data-dir', shards, '--epochs', 2, '--grow', '1:24:48', '--device', 'cpu']
+    train(*flags, '--output', tmp_path / 'torch', '--pattention-impl', 'torch')
+    res = train(*flags, '--output', tmp_path / 'fused', '--pattention-impl', 'fused')
+    assert 'grew attn_tokens 16 -> 24' in res.stdout
+    ref, fused = weights(tmp_path / 'torch' / 'last.pth.tar')[1], weights(tmp_path / 'fused' / 'last.pth.tar')[1]
+    assert ref.keys() == fused.keys()
+    for k in ref:
+        torch.testing.assert_close(fused[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    res = train(*flags, '--output', tmp_path / 'o', '--pattention-impl', 'fused', check=False,
+                env=dict(os.environ, TRITON_INTERPRET='0'))
+    assert res.returncode == 2 and 'fused runs on CUDA GPUs, not on cpu' in res.stderr
+    assert res.stderr.strip().count('\n') == 0, res.stderr
+    res = train('--data-dir', shards, '--output', tmp_path / 'vit', '--pattention-impl', 'torch', '--model',
+                'vit_tiny_patch16_224', '--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'patch_size=8',
+                check=False)
+    assert res.returncode == 2 and 'has no Pattention layers' in res.stderr
 
 
 TRAIN_CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*.yaml') if 'growth_experiment' not in p.name)

@@ -2,7 +2,7 @@
 
 `import tokenformer_vit` registers the models with timm: `timm.create_model("tokenformer_vit_base")`.
 """
-from .pattention import Pattention, PATTENTION_NORMS, theta
+from .pattention import Pattention, PATTENTION_IMPLS, PATTENTION_NORMS, set_pattention_impl, theta
 from .tokenformer_vit import TokenformerViT, TokenformerAttention, TokenformerBlock
 
 __version__ = '0.1.0'

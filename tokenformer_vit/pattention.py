@@ -28,10 +28,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['Pattention', 'PATTENTION_NORMS', 'theta']
+__all__ = ['Pattention', 'PATTENTION_NORMS', 'PATTENTION_IMPLS', 'set_pattention_impl', 'theta']
 
 PATTENTION_NORMS = ('l2_gelu', 'gelu_l2', 'softmax')
 NORM_EPS = 1e-6
+# 'torch': the formula in PyTorch ops (the reference and the CPU path); 'fused': the Triton kernels of
+# triton_pattention.py (l2_gelu only, CUDA tensors, or CPU tensors under TRITON_INTERPRET=1);
+# 'auto': the fused path on CUDA once AUTO_PICKS_FUSED is set, else 'torch'.
+PATTENTION_IMPLS = ('auto', 'fused', 'torch')
+# The fused kernels pass the interpreter tests but have not yet been timed on a GPU, so 'auto' keeps
+# the torch path everywhere: flip this only with GPU measurements in benchmarks/results/.
+AUTO_PICKS_FUSED = False
 
 
 def _inv_norm(a: torch.Tensor, tau: torch.Tensor, eps: float) -> torch.Tensor:
@@ -102,6 +109,7 @@ class Pattention(nn.Module):
         norm: Θ, one of 'l2_gelu' (default, the paper's), 'gelu_l2', 'softmax'.
         tau: the scale τ; √num_tokens when None.
         key_std, value_std: standard deviations of the normal initialisation of K and V.
+        impl: 'auto', 'fused' (Triton kernels, l2_gelu only) or 'torch'; see `PATTENTION_IMPLS`.
     """
 
     def __init__(
@@ -114,18 +122,21 @@ class Pattention(nn.Module):
             key_std: float = 0.02,
             value_std: float = 0.02,
             eps: float = NORM_EPS,
+            impl: str = 'auto',
             device=None,
             dtype=None,
     ) -> None:
         super().__init__()
         if norm not in PATTENTION_NORMS:
             raise ValueError(f"Unknown Pattention norm {norm!r}: use one of {', '.join(PATTENTION_NORMS)}.")
+        _check_impl(impl, norm)
         if num_tokens < 1:
             raise ValueError(f'Pattention needs at least one parameter token, got num_tokens={num_tokens}.')
         dd = {'device': device, 'dtype': dtype}
         self.in_features = in_features
         self.out_features = out_features
         self.norm = norm
+        self.impl = impl
         self.eps = eps
         self.key_std = key_std
         self.value_std = value_std
@@ -145,33 +156,55 @@ class Pattention(nn.Module):
         nn.init.normal_(self.value_tokens, std=self.value_std)
 
     def extra_repr(self) -> str:
+        impl = '' if self.impl == 'auto' else f', impl={self.impl}'
         return (f'in_features={self.in_features}, out_features={self.out_features}, '
-                f'num_tokens={self.num_tokens}, norm={self.norm}')
+                f'num_tokens={self.num_tokens}, norm={self.norm}{impl}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self._forward_reference(x)
+        if self.impl == 'fused' or (self.impl == 'auto' and AUTO_PICKS_FUSED and self.norm == 'l2_gelu'
+                                    and x.device.type == 'cuda'):
+            return self._forward_fused(x)
         return self._forward_fast(x)
 
     def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         # Pattention(X) = Θ(X · Kᵀ) · V, as written in the paper
         return theta(x @ self.key_tokens.t(), self.norm, self.tau, self.eps) @ self.value_tokens
 
-    @torch.jit.unused
-    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm != 'l2_gelu' or torch.compiler.is_compiling():
-            # torch.compile fuses the reference formulation itself, and picks what to recompute
-            return self._forward_reference(x)
+    def _cast_for_matmuls(self, x: torch.Tensor):
+        """(x, K, V, autocast on?) in the dtype the matmuls run in: autocast's, else the input's."""
         key, value = self.key_tokens, self.value_tokens
         device_type = x.device.type
         autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
         if autocast:
-            # the custom function runs outside autocast, so cast as autocast would for the matmuls
+            # the custom function and op run outside autocast, so cast as autocast would for the matmuls
             dtype = torch.get_autocast_dtype(device_type)
             x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
         elif x.dtype != key.dtype:
             raise TypeError(f'Pattention got input of dtype {x.dtype} for parameters of dtype {key.dtype}: '
                             f'cast the input or the model, or run under torch.autocast.')
+        return x, key, value, autocast
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        from .triton_pattention import interpreting, l2_gelu_pattention
+        if x.device.type != 'cuda' and not interpreting():
+            raise RuntimeError(f"Pattention impl='fused' runs on CUDA tensors, got a {x.device.type} tensor: use "
+                               f"impl='auto' or 'torch' there (or TRITON_INTERPRET=1 to test the kernels on the CPU).")
+        x, key, value, autocast = self._cast_for_matmuls(x)
+        lead = x.shape[:-1]
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            y = l2_gelu_pattention(x.reshape(-1, x.shape[-1]), key, value, self.tau, self.eps)
+        return y.reshape(*lead, y.shape[-1])
+
+    @torch.jit.unused
+    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm != 'l2_gelu' or torch.compiler.is_compiling():
+            # torch.compile fuses the reference formulation itself, and picks what to recompute
+            return self._forward_reference(x)
+        x, key, value, autocast = self._cast_for_matmuls(x)
+        device_type = x.device.type
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         if torch.is_grad_enabled() and (x.requires_grad or key.requires_grad or value.requires_grad):
@@ -183,3 +216,32 @@ class Pattention(nn.Module):
             a.mul_(_inv_norm(a, self.tau, self.eps).to(a.dtype))
             y = torch.ops.aten.gelu_(a) @ value
         return y.reshape(*lead, y.shape[-1])
+
+
+def _check_impl(impl: str, norm: str) -> None:
+    if impl not in PATTENTION_IMPLS:
+        raise ValueError(f"Unknown Pattention impl {impl!r}: use one of {', '.join(PATTENTION_IMPLS)}.")
+    if impl == 'fused':
+        if norm != 'l2_gelu':
+            raise ValueError(f"impl='fused' has kernels for norm='l2_gelu' only, not {norm!r}: use impl='torch'.")
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise ValueError("impl='fused' needs Triton, which is not installed: use impl='torch', or install "
+                             "torch with CUDA (it brings Triton).") from None
+
+
+def set_pattention_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Choose the implementation of every Pattention in `model` ('auto', 'fused' or 'torch'), in place.
+
+    For models built or loaded elsewhere; `timm.create_model(..., pattention_impl=...)` sets it at
+    creation. The choice changes speed only, not the function or the state dict.
+    """
+    layers = [m for m in model.modules() if isinstance(m, Pattention)]
+    for layer in layers:
+        _check_impl(impl, layer.norm)
+    for layer in layers:
+        layer.impl = impl
+    if hasattr(model, 'pattention_impl'):
+        model.pattention_impl = impl
+    return model

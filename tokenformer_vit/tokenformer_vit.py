@@ -52,20 +52,21 @@ class TokenformerAttention(nn.Module):
             pattention_norm: str = 'l2_gelu',
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            pattention_impl: str = 'auto',
             device=None,
             dtype=None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim={dim} must be divisible by num_heads={num_heads}.')
-        dd = {'device': device, 'dtype': dtype}
+        pk = {'norm': pattention_norm, 'impl': pattention_impl, 'device': device, 'dtype': dtype}
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.q = Pattention(dim, dim, attn_tokens, norm=pattention_norm, **dd)
-        self.k = Pattention(dim, dim, attn_tokens, norm=pattention_norm, **dd)
-        self.v = Pattention(dim, dim, attn_tokens, norm=pattention_norm, **dd)
+        self.q = Pattention(dim, dim, attn_tokens, **pk)
+        self.k = Pattention(dim, dim, attn_tokens, **pk)
+        self.v = Pattention(dim, dim, attn_tokens, **pk)
         self.attn_drop = attn_drop
-        self.proj = Pattention(dim, dim, attn_tokens, norm=pattention_norm, **dd)
+        self.proj = Pattention(dim, dim, attn_tokens, **pk)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -92,6 +93,7 @@ class TokenformerBlock(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
+            pattention_impl: str = 'auto',
             device=None,
             dtype=None,
     ) -> None:
@@ -100,10 +102,11 @@ class TokenformerBlock(nn.Module):
         # no scale/shift in the block norms: the paper's ablation costs -0.1 top-1 only
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False, **dd)
         self.attn = TokenformerAttention(
-            dim, num_heads, attn_tokens, pattention_norm, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+            dim, num_heads, attn_tokens, pattention_norm, attn_drop=attn_drop, proj_drop=proj_drop,
+            pattention_impl=pattention_impl, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False, **dd)
-        self.ffn = Pattention(dim, dim, ffn_tokens, norm=pattention_norm, **dd)
+        self.ffn = Pattention(dim, dim, ffn_tokens, norm=pattention_norm, impl=pattention_impl, **dd)
         self.ffn_drop = nn.Dropout(proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
@@ -153,6 +156,7 @@ class TokenformerViT(nn.Module):
             attn_tokens: int = 768,
             ffn_tokens: int = 3072,
             pattention_norm: str = 'l2_gelu',
+            pattention_impl: str = 'auto',
             class_token: bool = True,
             fc_norm: Optional[bool] = None,
             dynamic_img_size: bool = False,
@@ -179,6 +183,7 @@ class TokenformerViT(nn.Module):
             attn_tokens: Parameter tokens of each of the Q, K, V and output Pattentions.
             ffn_tokens: Parameter tokens of the FFN Pattention.
             pattention_norm: Θ of every Pattention: 'l2_gelu' (the paper's), 'gelu_l2' or 'softmax'.
+            pattention_impl: 'auto', 'fused' (Triton kernels; l2_gelu on CUDA) or 'torch'; speed only.
             class_token: Use class token.
             fc_norm: Move final norm after pool (instead of before), if None, enabled when global_pool == 'avg'.
             dynamic_img_size: Accept any input size, resampling the position embedding on the fly.
@@ -205,6 +210,7 @@ class TokenformerViT(nn.Module):
         self.has_class_token = class_token
         self.attn_tokens = attn_tokens
         self.ffn_tokens = ffn_tokens
+        self.pattention_impl = pattention_impl
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
@@ -236,6 +242,7 @@ class TokenformerViT(nn.Module):
                 attn_tokens=attn_tokens,
                 ffn_tokens=ffn_tokens,
                 pattention_norm=pattention_norm,
+                pattention_impl=pattention_impl,
                 proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate,
                 drop_path=dpr[i],

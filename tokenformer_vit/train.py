@@ -30,6 +30,7 @@ from .data import DataError, build_loader, read_info
 from .make_shards import ShardError
 from .engine import evaluate, train_one_epoch
 from .growth import GROWTH_MODES, GrowthError, grow_model, grow_optimizer
+from .pattention import PATTENTION_IMPLS, Pattention, set_pattention_impl
 from .grow import token_counts, validate_command
 
 __all__ = ['ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'main', 'cli']
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--grow', default=None,
                    help='growth schedule: "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." grows at the start of EPOCH (0-based)')
     g.add_argument('--grow-mode', default='preserve', choices=GROWTH_MODES)
+    g.add_argument('--pattention-impl', default='auto', choices=PATTENTION_IMPLS,
+                   help="Pattention's implementation: 'fused' Triton kernels (CUDA, opt-in until measured), "
+                        "'torch', or 'auto' (torch for now)")
     g = p.add_argument_group('data')
     g.add_argument('--data-dir', default=None, help='folder of WebDataset shards with _info.json')
     g.add_argument('--shards-from', default=None, choices=['fashion-mnist'],
@@ -245,9 +249,16 @@ def create_model(args, num_classes: int, attn_tokens: Optional[int] = None, ffn_
     if args.img_size:
         kwargs['img_size'] = args.img_size
     try:
-        return timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
+        model = timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f'cannot create --model {args.model} with {kwargs}: {e}') from None
+    if args.pattention_impl != 'auto':
+        # speed only: not a model argument, so checkpoints and the validate command stay portable
+        if not any(isinstance(m, Pattention) for m in model.modules()):
+            raise ConfigError(f'--pattention-impl {args.pattention_impl} is for Tokenformer models; '
+                              f'--model {args.model} has no Pattention layers: leave it at auto.')
+        set_pattention_impl(model, args.pattention_impl)
+    return model
 
 
 def _plain(value):
@@ -325,6 +336,8 @@ def main(args: argparse.Namespace) -> int:
     if amp == 'fp16' and device.type != 'cuda':
         raise ConfigError('--amp fp16 needs a CUDA GPU: use --amp bf16 or none on the CPU.')
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp]
+    if args.pattention_impl == 'fused' and device.type != 'cuda' and os.environ.get('TRITON_INTERPRET', '0') in ('', '0'):
+        raise ConfigError(f'--pattention-impl fused runs on CUDA GPUs, not on {device.type}: use auto or torch.')
 
     # data
     _ensure_shards(args, rank)
