@@ -279,3 +279,96 @@ def test_resumed_epoch_gives_exactly_the_batches_not_yet_trained_on(tmp_path, wo
         assert torch.equal(y, y2) and torch.equal(x, x2)
     with pytest.raises(DataError, match='cannot skip 9 of 9'):
         build_loader(str(tmp_path / 'out'), 'train', 4, True, num_workers=0).dataset.set_epoch(0, skip_batches=9)
+
+
+def _bomb_jpeg(width=12000, height=12000) -> bytes:
+    """A few hundred bytes of JPEG whose header claims width x height pixels (a decompression bomb)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format='JPEG', quality=50)
+    data = bytearray(buf.getvalue())
+    sof = data.index(b'\xff\xc0')  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5:sof + 7] = height.to_bytes(2, 'big')
+    data[sof + 7:sof + 9] = width.to_bytes(2, 'big')
+    return bytes(data)
+
+
+def test_decoder_refuses_an_image_above_the_pixel_limit_before_decoding_it():
+    from tokenformer_vit.transforms import ImageTooLarge
+    bomb = _bomb_jpeg()
+    assert len(bomb) < 1000
+    with pytest.raises(ImageTooLarge, match='12000x12000 pixels, above the limit of 89478485'):
+        decode_rgb(bomb)
+    with pytest.raises(ImageTooLarge):
+        decode_rgb(_bomb_jpeg(100, 100), max_pixels=99 * 100)
+    small = io.BytesIO()
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(small, format='JPEG')
+    assert decode_rgb(small.getvalue(), max_pixels=120).shape == (10, 12, 3)
+
+
+def test_make_shards_skips_and_names_an_image_above_the_pixel_limit(tmp_path, capsys):
+    image_folder(tmp_path / 'img', classes=('a', 'b'), per_class=2)
+    (tmp_path / 'img' / 'a' / 'bomb.jpg').write_bytes(_bomb_jpeg())
+    entry = make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', progress=False)
+    assert entry['num_samples'] == 4 and entry['skipped'] == 1
+    assert 'bomb.jpg (ImageTooLarge: 12000x12000 pixels' in capsys.readouterr().err
+
+
+def test_a_later_split_keeps_the_recorded_class_indices_or_is_refused(tmp_path):
+    from tokenformer_vit.make_shards import ShardError
+    image_folder(tmp_path / 'train', classes=('cat', 'dog', 'eel'), per_class=2)
+    image_folder(tmp_path / 'val', classes=('dog', 'eel'), per_class=2)  # a subset: sorted alone, dog would be 0
+    make_shards(str(tmp_path / 'train'), 'train', tmp_path / 'wds', progress=False)
+    make_shards(str(tmp_path / 'val'), 'validation', tmp_path / 'wds', progress=False)
+    info = json.loads((tmp_path / 'wds' / '_info.json').read_text())
+    assert info['classes'] == ['cat', 'dog', 'eel'] and info['splits']['validation']['num_classes'] == 3
+    assert sorted(set(targets(build_loader(str(tmp_path / 'wds'), 'validation', 2, False, num_workers=0)))) == [1, 2]
+    image_folder(tmp_path / 'other', classes=('cat', 'fox'), per_class=1)
+    with pytest.raises(ShardError, match="has class 'fox' that they lack"):
+        make_shards(str(tmp_path / 'other'), 'validation', tmp_path / 'wds', progress=False)
+    assert json.loads((tmp_path / 'wds' / '_info.json').read_text()) == info  # nothing was rewritten
+
+
+def test_duplicate_class_names_and_output_inside_input_are_refused(tmp_path):
+    image_folder(tmp_path / 'img', classes=('a', 'b'), per_class=1)
+    (tmp_path / 'classes.txt').write_text('a\nb\na\n')
+    for argv, message in (
+            (['--class-list', str(tmp_path / 'classes.txt'), '--output', str(tmp_path / 'wds')],
+             "names 'a' more than once"),
+            (['--output', str(tmp_path / 'img' / 'shards')], 'is inside --input')):
+        res = subprocess.run([sys.executable, '-m', 'tokenformer_vit.make_shards', '--input', str(tmp_path / 'img'),
+                              '--split', 'train', *argv], capture_output=True, text=True)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert res.stderr.strip().count('\n') == 0
+    assert not (tmp_path / 'img' / 'shards').exists() and not (tmp_path / 'wds').exists()
+
+
+def test_a_pool_inside_a_process_that_ignores_sigterm_finishes(tmp_path):
+    # what a submitit task does to its children: its SIGTERM handler only logs "Bypassing signal SIGTERM"
+    image_folder(tmp_path / 'img', classes=('a', 'b', 'c'), per_class=4)
+    script = (
+        'import signal, sys\n'
+        'signal.signal(signal.SIGTERM, lambda *a: print("Bypassing signal SIGTERM", flush=True))\n'
+        'from tokenformer_vit.make_shards import make_shards\n'
+        f'make_shards({str(tmp_path / "img")!r}, "train", {str(tmp_path / "wds")!r}, shard_size=2, workers=2, '
+        'progress=False)\n'
+        'print("built")\n')
+    res = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and 'built' in res.stdout, res.stdout + res.stderr
+    assert 'Bypassing' not in res.stdout  # the workers never got that handler
+
+
+def test_info_json_that_is_not_json_is_one_clear_error(tmp_path):
+    (tmp_path / 'wds').mkdir()
+    (tmp_path / 'wds' / '_info.json').write_text('{"name": "x", "splits": ')
+    with pytest.raises(DataError, match='is not valid JSON'):
+        build_loader(str(tmp_path / 'wds'), 'train', 2, True, num_workers=0)
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_a_label_outside_the_model_classes_stops_the_loader_with_one_sentence(tmp_path, workers):
+    image_folder(tmp_path / 'img', classes=('a', 'b', 'c'), per_class=2)
+    make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', progress=False)
+    loader = build_loader(str(tmp_path / 'wds'), 'train', 2, True, num_workers=workers, num_classes=2)
+    with pytest.raises(DataError, match='has label 2, outside the 2 classes of the model'):
+        loader.dataset.set_epoch(0)
+        list(loader)

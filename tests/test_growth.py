@@ -215,3 +215,55 @@ def test_timm_script_runs_a_script_as_python_would(tmp_path):
     missing = subprocess.run([sys.executable, '-m', 'tokenformer_vit.timm_script', str(tmp_path / 'validate.py')],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "clone timm's repository" in missing.stderr
+
+
+def test_grow_cli_reads_a_compiled_models_checkpoint_and_writes_timm_keys(tmp_path):
+    model = small_model(seed=3).eval()
+    src, out = tmp_path / 'compiled.pth.tar', tmp_path / 'out.pth.tar'
+    torch.save({'state_dict': {'_orig_mod.' + k: v for k, v in model.state_dict().items()},
+                'arch': 'tokenformer_vit_tiny'}, src)
+    assert grow_main(['--checkpoint', str(src), '--attn-tokens', '256', '--output', str(out)]) == 0
+    state = torch.load(out, weights_only=True)['state_dict']
+    assert not any(k.startswith('_orig_mod.') for k in state)
+    grown = timm.create_model('tokenformer_vit_tiny', attn_tokens=256, checkpoint_path=str(out), **SMALL).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert (grown(x) - model(x)).abs().max().item() <= 1e-5
+
+
+def test_grow_cli_rebuilds_a_model_of_another_width_and_head_count_from_its_recorded_kwargs(tmp_path, capsys):
+    kwargs = dict(SMALL, embed_dim=48, num_heads=2)
+    model = timm.create_model('tokenformer_vit_tiny', **kwargs).eval()
+    src, out, hf = tmp_path / 'in.pth.tar', tmp_path / 'out.pth.tar', tmp_path / 'hf'
+    torch.save({'state_dict': model.state_dict(), 'arch': 'tokenformer_vit_tiny',
+                'args': {'model_kwargs': {'embed_dim': 48, 'num_heads': 2}}}, src)
+    assert grow_main(['--checkpoint', str(src), '--ffn-tokens', '800', '--output', str(out), '--hf-dir', str(hf)]) == 0
+    printed = capsys.readouterr().out
+    assert ' embed_dim=48 num_heads=2' in printed
+    rebuilt = timm.create_model(f'local-dir:{hf}', pretrained=True).eval()
+    assert rebuilt.blocks[0].attn.num_heads == 2
+    x = torch.randn(2, 3, 32, 32)
+    assert (rebuilt(x) - model(x)).abs().max().item() <= 1e-5
+    # the validate command's --model-kwargs build a model that loads the checkpoint strictly
+    line = next(l for l in printed.splitlines() if '--checkpoint' in l)
+    words = line.split('--model-kwargs ')[1].split(' --')[0].split()
+    made = timm.create_model('tokenformer_vit_tiny', num_classes=10, **{k: int(v) for k, v in (w.split('=') for w in words)},
+                             checkpoint_path=str(out))
+    assert made.blocks[0].ffn.num_tokens == 800
+
+
+def test_grow_cli_refuses_to_overwrite_its_input(tmp_path):
+    src = tmp_path / 'in.pth.tar'
+    _timm_checkpoint(src, small_model(), ema=False)
+    before = src.read_bytes()
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(src), '--output', str(src),
+                           '--ffn-tokens', '900'], capture_output=True, text=True)
+    assert proc.returncode == 2 and 'is the checkpoint being grown' in proc.stderr
+    assert src.read_bytes() == before
+
+
+def test_loading_a_checkpoint_of_other_token_counts_names_the_kwargs_to_pass(tmp_path):
+    grown = small_model()
+    grow_model(grown, attn_tokens=256, ffn_tokens=1024)
+    torch.save({'state_dict': grown.state_dict()}, tmp_path / 'grown.pth.tar')
+    with pytest.raises(RuntimeError, match='pass attn_tokens=256, ffn_tokens=1024 to create_model'):
+        timm.create_model('tokenformer_vit_tiny', checkpoint_path=str(tmp_path / 'grown.pth.tar'), **SMALL)

@@ -89,23 +89,63 @@ def test_end_to_end_run_grows_evaluates_logs_and_writes_timm_checkpoints(shards,
     assert torch.equal(weights(out / 'last.pth.tar')[1]['blocks.0.ffn.value_tokens'], sd['blocks.0.ffn.value_tokens'])
 
 
-def test_kill_9_then_restart_gives_the_uninterrupted_weights(shards, tmp_path):
-    flags = ['--data-dir', shards, '--epochs', 4, '--grow', '2:24:48']
+def assert_same_run(a, b):
+    """Two runs' last.pth.tar hold the same step, growth history, weights and EMA, bit for bit."""
+    (ca, wa), (cb, wb) = weights(a), weights(b)
+    assert ca['step'] == cb['step'] and ca['growth_history'] == cb['growth_history']
+    for k, v in wa.items():
+        assert torch.equal(v, wb[k]), k
+    for k, v in ca['state_dict_ema'].items():
+        assert torch.equal(v, cb['state_dict_ema'][k]), k
+
+
+@pytest.mark.parametrize('save_every_steps', [0, 1])
+def test_kill_9_at_a_random_moment_after_a_save_then_restart_gives_the_uninterrupted_run(shards, tmp_path,
+                                                                                        save_every_steps):
+    # epoch saves only, or a save after every step too: either way the restart ends bit-identical
+    seed = 1234 + save_every_steps
+    print(f'seed={seed}')
+    flags = ['--data-dir', shards, '--epochs', 4, '--grow', '2:24:48', '--save-every-steps', save_every_steps]
     train(*flags, '--output', tmp_path / 'straight')
     proc = train(*flags, '--output', tmp_path / 'killed', popen=dict(cwd=tmp_path))
-    while not (tmp_path / 'killed' / 'last.pth.tar').exists() and proc.poll() is None:
+    rng = random.Random(seed)
+    last = tmp_path / 'killed' / 'last.pth.tar'
+    while not last.exists() and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.5))  # somewhere in a later epoch (or just after the end)
+    if save_every_steps:  # kill once a save past a random step, inside an epoch, is on disk
+        target = rng.choice([s for s in range(7, 24) if s % 6])
+        def optimizer_step():
+            state = torch.load(last, map_location='cpu', weights_only=True)['optimizer']['state']
+            return max(int(s['step']) for s in state.values())
+        while proc.poll() is None and optimizer_step() < target:
+            time.sleep(0.01)
+    else:
+        time.sleep(rng.uniform(0.0, 1.5))  # somewhere in a later epoch (or just after the end)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if save_every_steps:  # what was on disk at the kill records the step the optimizer had reached
+        ckpt = weights(tmp_path / 'killed' / 'last.pth.tar')[0]
+        steps = {int(s['step']) for s in ckpt['optimizer']['state'].values()}
+        assert steps == {ckpt['step']}, (steps, ckpt['step'])
     res = train(*flags, '--output', tmp_path / 'killed')
-    straight, killed = weights(tmp_path / 'straight' / 'last.pth.tar'), weights(tmp_path / 'killed' / 'last.pth.tar')
-    assert straight[0]['step'] == killed[0]['step'] == 24
-    assert killed[0]['growth_history'] == straight[0]['growth_history'] and res.stdout.count('grew') <= 1
-    for k, v in straight[1].items():
-        assert torch.equal(v, killed[1][k]), k
-    for k, v in straight[0]['state_dict_ema'].items():
-        assert torch.equal(v, killed[0]['state_dict_ema'][k]), k
+    assert res.stdout.count('grew') <= 1
+    assert weights(tmp_path / 'killed' / 'last.pth.tar')[0]['step'] == 24
+    assert_same_run(tmp_path / 'straight' / 'last.pth.tar', tmp_path / 'killed' / 'last.pth.tar')
+
+
+def test_a_step_save_records_the_step_the_optimizer_reached(shards, tmp_path):
+    proc = train('--data-dir', shards, '--epochs', 2, '--save-every-steps', 4, '--output', tmp_path / 'run',
+                 popen=dict(cwd=tmp_path))
+    seen = set()
+    while proc.poll() is None:
+        path = tmp_path / 'run' / 'last.pth.tar'
+        if path.exists():
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+            seen.add((ckpt['step'], *{int(s['step']) for s in ckpt['optimizer']['state'].values()}))
+        time.sleep(0.02)
+    assert proc.returncode == 0
+    assert all(len(t) == 2 and t[0] == t[1] for t in seen), seen  # recorded step == the optimizer's
+    assert (4, 4) in seen or (8, 8) in seen, seen  # a step save was seen, not only the epoch ends (6, 12)
 
 
 def test_signal_mid_epoch_saves_at_a_step_and_the_resumed_run_matches(shards, tmp_path):
@@ -173,6 +213,89 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_
     assert moved > 1e-3  # it trained
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f'/proc/{pid}/cmdline').read_bytes()
+    except OSError:
+        return b''
+
+
+def descendants(pid: int):
+    """The PIDs of every process below `pid` (children, their children, ...), read from /proc."""
+    parent = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_shards_built_inside_a_submitted_local_job_finish(tmp_path):
+    # submitit's tasks bypass SIGTERM; a process pool forked inside one used to wait forever on a worker
+    import submitit
+    from test_data import image_folder
+    image_folder(tmp_path / 'img', classes=('a', 'b', 'c'), per_class=6)
+    executor = submitit.AutoExecutor(folder=str(tmp_path / 'jobs'), cluster='local')
+    executor.update_parameters(timeout_min=3, nodes=1, tasks_per_node=1, gpus_per_node=0)
+    job = executor.submit(make_shards, str(tmp_path / 'img'), 'train', str(tmp_path / 'wds'), None, 3, 512, 2,
+                          None, 0, False)
+    deadline = time.time() + 120
+    while not job.done() and time.time() < deadline:
+        time.sleep(0.2)
+    if not job.done():
+        job.cancel()
+        pytest.fail('building shards inside a submitted job did not finish in 120 s')
+    assert job.result()['num_samples'] == 18
+
+
+def test_slurm_submission_script_and_requeue_after_preemption(shards, tmp_path):
+    """Against stand-ins for sbatch and scontrol on PATH, as submitit's own tests do: no cluster."""
+    bin_dir, record = tmp_path / 'bin', tmp_path / 'record'
+    bin_dir.mkdir()
+    record.mkdir()
+    (bin_dir / 'sbatch').write_text(f'#!/bin/sh\ncp "$1" {record}/script.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {record}/scontrol.txt\n')
+    (bin_dir / 'srun').write_text('#!/bin/sh\nexit 1\n')  # submitit looks for it; the test never runs it
+    for tool in ('sbatch', 'scontrol', 'srun'):
+        (bin_dir / tool).chmod(0o755)
+    out = tmp_path / 'run'
+    res = train('--data-dir', shards, '--output', out, '--submit', '--cluster', 'slurm', check=False)
+    assert res.returncode == 2 and 'cannot submit from this machine' in res.stderr and res.stderr.strip().count('\n') == 0
+    env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}')
+    res = train('--data-dir', shards, '--output', out, '--epochs', 3, '--submit', '--cluster', 'slurm', '--nodes', 2,
+                '--gpus-per-node', 8, '--partition', 'learn', '--timeout-min', 60, env=env)
+    assert 'submitted job 4242' in res.stdout
+    script = (record / 'script.sh').read_text()
+    for line in ('--nodes=2', '--ntasks-per-node=8', '--gpus-per-node=8', '--signal=USR2@120', '--partition=learn',
+                 '--time=60'):
+        assert f'#SBATCH {line}\n' in script, line
+    # the job itself, as Slurm would start its one task here: preempted after its first epoch
+    task_env = dict(env, SUBMITIT_EXECUTOR='slurm', SLURM_JOB_ID='4242', SLURM_NTASKS='1', SLURM_PROCID='0',
+                    SLURM_LOCALID='0', SLURM_NODEID='0', SLURM_JOB_NUM_NODES='1', SLURM_JOB_NODELIST='localhost')
+    task = [sys.executable, '-u', '-m', 'submitit.core._submit', str(out / 'submitit')]
+    proc = subprocess.Popen(task, env=task_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not (out / 'last.pth.tar').exists():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR2)
+    log, _ = proc.communicate(timeout=180)
+    assert (record / 'scontrol.txt').read_text().split() == ['requeue', '4242'], log
+    stopped = weights(out / 'last.pth.tar')[0]['step']
+    assert 6 <= stopped < 18, log
+    # the requeued job: the same task again, which resumes and finishes
+    again = subprocess.run(task, env=task_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert weights(out / 'last.pth.tar')[0]['step'] == 18 and 'resumed from' in again.stdout + again.stderr
+
+
 def test_submitit_local_two_tasks_requeue_after_sigusr2_and_resume(shards, tmp_path):
     out = tmp_path / 'job'
     proc = train('--data-dir', shards, '--output', out, '--epochs', 30, '--submit', '--cluster', 'local',
@@ -181,10 +304,10 @@ def test_submitit_local_two_tasks_requeue_after_sigusr2_and_resume(shards, tmp_p
     while not (out / 'last.pth.tar').exists():  # the first epoch is done: signal both tasks mid-run
         assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
         time.sleep(0.05)
-    pids = subprocess.run(['pgrep', '-f', 'submitit.core._submit'], capture_output=True, text=True).stdout.split()
-    assert len(pids) == 2, pids
+    pids = [pid for pid in descendants(proc.pid) if b'submitit.core._submit' in _cmdline(pid)]
+    assert len(pids) == 2, pids  # the two tasks of our own job, found among our own children
     for pid in pids:
-        os.kill(int(pid), signal.SIGUSR2)
+        os.kill(pid, signal.SIGUSR2)
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout
     logs = ''.join(p.read_text() for p in (out / 'submitit').glob('*_log.*'))
@@ -236,6 +359,115 @@ def test_fused_pattention_run_matches_the_torch_run_and_is_refused_where_it_cann
                 'vit_tiny_patch16_224', '--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'patch_size=8',
                 check=False)
     assert res.returncode == 2 and 'has no Pattention layers' in res.stderr
+
+
+def run_cli(argv, capsys):
+    """train_imagenet.py's command in this process: (exit code, what it printed on stderr)."""
+    from tokenformer_vit.train import cli
+    try:
+        code = cli([*TINY, *map(str, argv)])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def one_sentence(err):
+    """The error line of a command's stderr (argparse prints its usage line first)."""
+    lines = [line for line in err.strip().splitlines() if 'error' in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--epochs', 0], '--epochs is 0: it must be at least 1'),
+    (['--batch-size', -8], '--batch-size is -8: it must be at least 1'),
+    (['--lr', 0], '--lr is 0.0: it must be more than 0'),
+    (['--workers', -1], '--workers is -1: it must be at least 0'),
+    (['--epochs', 3, '--grow', '3:24:48'], '--grow at epoch 3 never happens in a run of --epochs 3'),
+    (['--epochs', 3, '--grow', '1:8:48'], 'would shrink the model from 16/32'),
+    (['--epochs', 3, '--eval-only'], '--eval-only has nothing to evaluate'),
+    (['--epochs', 3, '--num-classes', 2], '--num-classes 2 is fewer than the 4 classes'),
+    (['--epochs', 3, '--initial-checkpoint', 'WIDE'], 'does not fit --model tokenformer_vit_tiny'),
+    (['--epochs', 3, '--initial-checkpoint', 'GARBAGE'], 'could not be read as a safetensors file'),
+])
+def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_path, capsys, flags, message):
+    import timm
+    wide = tmp_path / 'wide.pth.tar'
+    torch.save({'state_dict': timm.create_model('tokenformer_vit_tiny', depth=2, embed_dim=48, num_heads=2,
+                                                attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
+                                                num_classes=4).state_dict()}, wide)
+    (tmp_path / 'garbage.safetensors').write_bytes(b'not a safetensors file at all')
+    flags = [{'WIDE': wide, 'GARBAGE': tmp_path / 'garbage.safetensors'}.get(f, f) for f in flags]
+    code, err = run_cli(['--data-dir', shards, '--output', tmp_path / 'run', *flags], capsys)
+    assert code == 2 and message in one_sentence(err), err
+    assert not (tmp_path / 'run' / 'last.pth.tar').exists()
+
+
+@pytest.mark.parametrize('yaml_text,message', [
+    ('epochs: 2.5', 'epochs: 2.5 must be a whole number'),
+    ('amp: fp8', "amp: 'fp8' must be one of bf16, fp16, none"),
+    ('lr: fast', "lr: 'fast' must be a number"),
+    ('rand_augment: 1', 'rand_augment: 1 must be true or false'),
+    ('scale: 0.5', 'scale: 0.5 must be a list of 2 values'),
+    ('model_kwargs: depth=2', "model_kwargs: 'depth=2' must be a mapping"),
+    ('batch_size: 0', '--batch-size is 0: it must be at least 1'),
+])
+def test_yaml_values_are_checked_like_flags(tmp_path, capsys, yaml_text, message):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text(yaml_text + '\n')
+    with pytest.raises(SystemExit) as e:
+        parse_args(['--config', str(cfg), '--data-dir', 'x', '--output', 'y'])
+    assert e.value.code == 2 and message in one_sentence(capsys.readouterr().err)
+
+
+def test_output_that_is_a_file_or_cannot_be_created_is_refused(shards, tmp_path, capsys):
+    (tmp_path / 'file').write_text('x')
+    for out, message in ((tmp_path / 'file', 'is a file'), (tmp_path / 'file' / 'run', 'cannot write to --output')):
+        code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 1], capsys)
+        assert code == 2 and message in one_sentence(err), err
+
+
+def test_results_without_last_checkpoint_are_kept_unless_overwrite(shards, tmp_path, capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'summary.csv').write_text('epoch\n0\n')
+    (out / 'best.pth.tar').write_bytes(b'earlier')
+    (out / '.last.pth.tar.x1y2.tmp').write_bytes(b'half a save')
+    code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 1], capsys)
+    assert code == 2 and 'holds results of an earlier run (best.pth.tar, summary.csv)' in one_sentence(err)
+    assert (out / 'best.pth.tar').read_bytes() == b'earlier'
+    res = train('--data-dir', shards, '--output', out, '--epochs', 1, '--overwrite')
+    assert 'epoch 0:' in res.stdout and not list(out.glob('.*.tmp'))
+    assert (out / 'summary.csv').read_text().count('\n') == 2 and (out / 'best.pth.tar').read_bytes() != b'earlier'
+
+
+def test_resume_with_another_batch_size_is_refused(shards, tmp_path, capsys):
+    out = tmp_path / 'run'
+    train('--data-dir', shards, '--output', out, '--epochs', 1)
+    before = (out / 'last.pth.tar').read_bytes()
+    code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 2, '--batch-size', 4], capsys)
+    assert code == 2 and 'was trained with a global batch of 8, not 4' in one_sentence(err)
+    assert (out / 'last.pth.tar').read_bytes() == before and (out / 'summary.csv').read_text().count('\n') == 2
+
+
+def test_a_failed_save_is_one_sentence_and_keeps_the_previous_checkpoint(shards, tmp_path, capsys, monkeypatch):
+    import errno
+    from tokenformer_vit import train as job
+    out = tmp_path / 'run'
+    train('--data-dir', shards, '--output', out, '--epochs', 1)
+    before = (out / 'last.pth.tar').read_bytes()
+
+    def full_disk(obj, path):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(job, 'save_atomic', full_disk)
+    handlers = {sig: signal.getsignal(sig) for sig in job.Preemption.SIGNALS}
+    try:
+        code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 2], capsys)
+    finally:  # the job ran in this process: give pytest its signal handlers back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert code == 2 and '(No space left on device): free space in or fix --output' in one_sentence(err)
+    assert (out / 'last.pth.tar').read_bytes() == before
 
 
 TRAIN_CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*.yaml') if 'growth_experiment' not in p.name)

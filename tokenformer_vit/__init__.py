@@ -7,3 +7,4 @@ from .tokenformer_vit import TokenformerViT, TokenformerAttention, TokenformerBl
 
 __version__ = '0.1.0'
 from .growth import GROWTH_MODES, GrowthError, grow_model, grow_optimizer, grow_pattention, grow_tokens
+from .errors import UserError

@@ -7,10 +7,12 @@ from typing import Any, Dict
 
 import torch
 
+from .errors import UserError
+
 __all__ = ['CheckpointError', 'atomic_file', 'read_checkpoint', 'save_atomic']
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
 
 
@@ -21,7 +23,11 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
         raise CheckpointError(f'Checkpoint {path} does not exist: pass the path of a .pth/.pth.tar/.safetensors file.')
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
-        return {'state_dict': load_file(str(path))}
+        try:
+            return {'state_dict': load_file(str(path))}
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            raise CheckpointError(f'Checkpoint {path} could not be read as a safetensors file '
+                                  f'({e.__class__.__name__}): pass an intact .safetensors, .pth or .pth.tar file.') from None
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer

@@ -22,18 +22,19 @@ import random
 import signal
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .transforms import build_eval_transform, build_train_transform, decode_rgb, seed_transform
+from .errors import UserError
+from .transforms import MAX_IMAGE_PIXELS, build_eval_transform, build_train_transform, decode_rgb, seed_transform
 
 __all__ = ['DataError', 'read_info', 'ShardStream', 'build_loader']
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Data that cannot be loaded as asked; the message names the thing and the fix."""
 
 
@@ -45,7 +46,14 @@ def read_info(root: str) -> Dict:
     if not path.is_file():
         raise DataError(f'{path} is missing: build the shards with `python -m tokenformer_vit.make_shards`, '
                         f'which writes it.')
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f'{path} is not valid JSON ({e.__class__.__name__}): rebuild the shards with '
+                        f'`python -m tokenformer_vit.make_shards`, which writes it.') from None
+    if not isinstance(info, dict) or not isinstance(info.get('splits', {}), dict):
+        raise DataError(f'{path} is not a shard index (a mapping with "splits"): rebuild the shards with make_shards.')
+    return info
 
 
 class _Counter(dict):
@@ -131,13 +139,15 @@ class ShardStream(IterableDataset):
     def __init__(self, root: str, split: str, batch_size: int, training: bool, img_size: int = 224,
                  world_size: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0, crop_pct: float = 0.875,
                  rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
-                 shuffle_buffer: int = 2048, scale: Tuple[float, float] = (0.08, 1.0)):
+                 shuffle_buffer: int = 2048, scale: Tuple[float, float] = (0.08, 1.0),
+                 num_classes: Optional[int] = None, max_pixels: int = MAX_IMAGE_PIXELS):
         info = read_info(root)
         if split not in info.get('splits', {}):
             raise DataError(f"Split {split!r} is not in {Path(root) / '_info.json'} (it has "
                             f"{', '.join(info.get('splits', {})) or 'none'}): build it with make_shards --split {split}.")
         entry = info['splits'][split]
         self.root, self.split, self.training = Path(root), split, training
+        self.num_classes, self.max_pixels = num_classes, max_pixels
         self.files = [self.root / f for f in entry['filenames']]
         missing = [str(f) for f in self.files if not f.is_file()]
         if missing:
@@ -223,12 +233,17 @@ class ShardStream(IterableDataset):
     def _decode(self, sample, counter: _Counter):
         """(augmented uint8 image, label), or None for a sample that does not decode (counted)."""
         try:
-            image = decode_rgb(sample['jpg'])
+            image = decode_rgb(sample['jpg'], self.max_pixels)
             label = int(sample['cls'])
         except Exception as e:  # noqa: BLE001 - any bad sample is skipped and counted
             counter.warn('corrupt', f'{Path(sample.get("__url__", "?")).name}: sample {sample["__key__"]} could '
-                                    f'not be decoded ({e.__class__.__name__}); skipped')
+                                    f'not be decoded ({e.__class__.__name__}: {e}); skipped')
             return None
+        if self.num_classes is not None and not 0 <= label < self.num_classes:
+            # a wrong label is a wrong data set, not a bad sample: stop rather than train on it
+            raise DataError(f'{Path(sample.get("__url__", "?")).name}: sample {sample["__key__"]} has label {label}, '
+                            f'outside the {self.num_classes} classes of the model: rebuild the shards or fix '
+                            f'--num-classes.')
         return self.transform(image=image)['image'], label
 
     @staticmethod
@@ -313,14 +328,15 @@ def build_loader(root: str, split: str, batch_size: int, training: bool, num_wor
                  world_size: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0, crop_pct: float = 0.875,
                  rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
                  pin_memory: bool = False, shuffle_buffer: int = 2048,
-                 scale: Tuple[float, float] = (0.08, 1.0)) -> DataLoader:
+                 scale: Tuple[float, float] = (0.08, 1.0), num_classes: Optional[int] = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> DataLoader:
     """A DataLoader of (uint8 images, targets) batches over `root/_info.json`'s `split`; see the module doc.
 
     Call `loader.dataset.set_epoch(e)` before each epoch (workers are restarted per epoch); a resumed
     job calls `set_epoch(e, skip_batches=k)` to continue an epoch after its k-th batch.
     """
     stream = ShardStream(root, split, batch_size, training, img_size, world_size, rank, seed, epoch, crop_pct,
-                         rand_augment, color_jitter, reprob, shuffle_buffer, scale)
+                         rand_augment, color_jitter, reprob, shuffle_buffer, scale, num_classes, max_pixels)
     stream.num_workers = num_workers
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError
+from .errors import UserError
 from .pattention import Pattention
 
 __all__ = ['GROWTH_MODES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'grow_model', 'grow_optimizer']
@@ -21,7 +21,7 @@ __all__ = ['GROWTH_MODES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'gro
 GROWTH_MODES = ('preserve', 'paper')
 
 
-class GrowthError(CheckpointError):
+class GrowthError(UserError):
     """A growth request that cannot be carried out; the message names the fix."""
 
 

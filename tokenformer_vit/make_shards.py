@@ -18,8 +18,10 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import tarfile
+import warnings
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,6 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from PIL import Image
 
 from .checkpoint import atomic_file
+from .errors import UserError
+from .transforms import MAX_IMAGE_PIXELS, ImageTooLarge
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 SPLITS = ('train', 'validation')
@@ -36,7 +40,7 @@ JPEG_QUALITY = 95
 Item = Tuple[str, int, str, object, str]
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A request make_shards cannot carry out; the message names the fix."""
 
 
@@ -49,6 +53,10 @@ def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[Li
         if not class_list.is_file():
             raise ShardError(f'Class list {class_list} does not exist: pass a text file with one class name a line.')
         classes = [line.strip() for line in class_list.read_text().splitlines() if line.strip()]
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        if repeated:
+            raise ShardError(f'Class list {class_list} names {repeated[0]!r} more than once: each class must have '
+                             f'one line, its index.')
         unknown = sorted(set(folders) - set(classes))
         if unknown:
             raise ShardError(f'{len(unknown)} folder(s) of {root} are not in {class_list} (e.g. {unknown[0]}): '
@@ -68,11 +76,16 @@ def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[Li
     return items, classes
 
 
-def encode_sample(source, max_side: int) -> bytes:
-    """JPEG bytes for one image: the original bytes when they can stay, else RGB, resized, quality 95."""
+def encode_sample(source, max_side: int, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """JPEG bytes for one image: the original bytes when they can stay, else RGB, resized, quality 95.
+    An image of more than `max_pixels` pixels is refused before it is decoded."""
     raw = source.read_bytes() if isinstance(source, Path) else None
-    img = Image.open(io.BytesIO(raw)) if raw is not None else source
+    with warnings.catch_warnings():  # PIL's own bomb warning: max_pixels decides
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(raw)) if raw is not None else source
     fmt, mode, size = img.format, img.mode, img.size
+    if size[0] * size[1] > max_pixels:
+        raise ImageTooLarge(f'{size[0]}x{size[1]} pixels, above the limit of {max_pixels}')
     img.load()  # decode fully: a truncated or corrupt file fails here, not in training
     if raw is not None and fmt == 'JPEG' and mode in ('RGB', 'L') and max(size) <= max_side:
         return raw
@@ -88,7 +101,7 @@ def encode_sample(source, max_side: int) -> bytes:
 def _write_shard(job) -> Tuple[str, int, List[str]]:
     """Write one shard atomically; returns (file name, samples written, names of skipped images)."""
     import webdataset as wds
-    path, items, max_side = job
+    path, items, max_side, max_pixels = job
     path = Path(path)
     written, skipped = 0, []
     with atomic_file(path) as f:
@@ -96,7 +109,7 @@ def _write_shard(job) -> Tuple[str, int, List[str]]:
         with wds.TarWriter(f, format=tarfile.USTAR_FORMAT, mtime=0) as sink:
             for key, label, class_name, source, file_name in items:
                 try:
-                    jpg = encode_sample(source, max_side)
+                    jpg = encode_sample(source, max_side, max_pixels)
                 except Exception as e:  # noqa: BLE001 - any unreadable image is skipped and named
                     skipped.append(f'{file_name} ({e.__class__.__name__}: {e})')
                     continue
@@ -116,29 +129,65 @@ def _fashion_mnist_items(split: str) -> Tuple[List[Item], List[str]]:
     return items, list(FASHION_MNIST_CLASSES)
 
 
+def _recorded_classes(info_path: Path, split: str) -> Optional[List[str]]:
+    """The class list that the other splits of an existing _info.json were labelled with, if any."""
+    if not info_path.is_file():
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ShardError(f'{info_path} is not valid JSON: remove it (and its shards) or write to another --output.') from None
+    others = [s for s in info.get('splits', {}) if s != split]
+    return list(info['classes']) if others and info.get('classes') else None
+
+
 def make_shards(input: str, split: str, output: os.PathLike, class_list: Optional[os.PathLike] = None,
                 shard_size: int = 1024, max_side: int = 512, workers: int = 1, name: Optional[str] = None,
-                seed: int = 0, progress: bool = True) -> Dict:
-    """Write `split` of an image folder (or 'fashion-mnist') as shards under `output`; returns its _info entry."""
+                seed: int = 0, progress: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Dict:
+    """Write `split` of an image folder (or 'fashion-mnist') as shards under `output`; returns its _info entry.
+
+    The class indices of every split of one `output` come from one class list, recorded once in
+    _info.json: a later split is labelled with the list the first one recorded, and refused if it
+    has classes that list lacks."""
     if split not in SPLITS:
         raise ShardError(f"Unknown split {split!r}: use 'train' or 'validation'.")
-    if shard_size < 1 or max_side < 1:
-        raise ShardError('--shard-size and --max-side must be positive.')
+    if shard_size < 1 or max_side < 1 or max_pixels < 1 or workers < 1:
+        raise ShardError('--shard-size, --max-side, --max-image-pixels and --workers must be positive.')
     root = Path(output)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ShardError(f'--output {root} is a file: pass a folder for the shards.')
+    if input != 'fashion-mnist' and Path(input).is_dir():
+        source, target = Path(input).resolve(), root.resolve()
+        if target == source or source in target.parents:
+            raise ShardError(f'--output {root} is inside --input {input}: it would become a class of its own; '
+                             f'write the shards outside the image folder.')
     name = name or root.resolve().name
     if '.' in name or '-' in name:
         raise ShardError(f'Data set name {name!r} may not contain dots or dashes: pass --name.')
+    recorded = _recorded_classes(root / '_info.json', split)
     if input == 'fashion-mnist':
         items, classes = _fashion_mnist_items(split)
     else:
         files, classes = list_image_folder(Path(input), Path(class_list) if class_list else None)
         items = [(None, label, classes[label], path, str(path.relative_to(input))) for path, label in files]
+    if recorded is not None and classes != recorded:
+        if class_list is not None or not set(c for _, _, c, _, _ in items) <= set(recorded):
+            missing = sorted(set(c for _, _, c, _, _ in items) - set(recorded))
+            raise ShardError(f'{root}/_info.json labels its other split(s) with {len(recorded)} classes, and this '
+                             f'split {"has class " + repr(missing[0]) + " that they lack" if missing else "was given another class list"}: '
+                             f'build it from folders of the same classes, or into another --output.')
+        index = {c: i for i, c in enumerate(recorded)}  # a subset of the classes: keep the recorded indices
+        items = [(key, index[c], c, src, fname) for key, _, c, src, fname in items]
+        classes = recorded
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShardError(f'cannot create --output {root} ({e.strerror}): choose a writable folder.') from None
     random.Random(seed).shuffle(items)
     items = [(f'{split}_{i:08d}', label, cname, src, fname) for i, (_, label, cname, src, fname) in enumerate(items)]
     for stale in root.glob(f'.{name}-{split}-*.tmp'):  # left by a killed run
         stale.unlink()
-    jobs = [(str(root / f'{name}-{split}-{i:06d}.tar'), items[s:s + shard_size], max_side)
+    jobs = [(str(root / f'{name}-{split}-{i:06d}.tar'), items[s:s + shard_size], max_side, max_pixels)
             for i, s in enumerate(range(0, len(items), shard_size))]
 
     results = {}
@@ -147,12 +196,20 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(items), desc=f'{name}/{split}', unit='img', file=sys.stderr)
-    with Pool(max(1, workers)) if workers > 1 else _Inline() as pool:
+    # workers with default signal handlers, closed and joined, never terminated: forked inside a
+    # submitit task they would inherit its handlers, which ignore the SIGTERM that Pool.terminate sends
+    pool = Pool(workers, initializer=_default_signal_handlers) if workers > 1 else _Inline()
+    try:
         for (shard, count, bad), job in zip(pool.imap(_write_shard, jobs), jobs):
             results[shard] = count
             skipped += bad
             if bar is not None:
                 bar.update(len(job[1]))
+        pool.close()
+        pool.join()
+    except BaseException:
+        pool.terminate()
+        raise
     if bar is not None:
         bar.close()
     filenames = [Path(j[0]).name for j in jobs]
@@ -174,18 +231,22 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
     return entry
 
 
+def _default_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class _Inline:
     """A stand-in for a process pool that maps in this process (workers=1)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     @staticmethod
     def imap(fn, jobs: Sequence):
         return map(fn, jobs)
+
+    def close(self):
+        pass
+
+    join = terminate = close
 
 
 def main(argv=None) -> int:
@@ -198,11 +259,13 @@ def main(argv=None) -> int:
     parser.add_argument('--max-side', type=int, default=512, help='resize so the longer side is at most this')
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--name', default=None, help="the data set's name (default: ROOT's folder name)")
+    parser.add_argument('--max-image-pixels', type=int, default=MAX_IMAGE_PIXELS,
+                        help='skip (and name) images larger than this many pixels instead of decoding them')
     args = parser.parse_args(argv)
     try:
         entry = make_shards(args.input, args.split, args.output, args.class_list, args.shard_size, args.max_side,
-                            args.workers, args.name)
-    except (ShardError, FileNotFoundError) as e:
+                            args.workers, args.name, max_pixels=args.max_image_pixels)
+    except (UserError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(f'{args.split}: {entry["num_samples"]} samples in {len(entry["filenames"])} shards under {args.output}'

@@ -38,7 +38,12 @@ def submit(args: argparse.Namespace) -> int:
     import submitit
     tasks = args.tasks_per_node or args.gpus_per_node
     folder = Path(args.job_dir or Path(args.output) / 'submitit')
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=args.cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=args.cluster)
+    except RuntimeError as e:  # submitit's "Could not detect srun": no Slurm here
+        from .errors import UserError
+        raise UserError(f'--cluster {args.cluster} cannot submit from this machine ({e}): run on a login node of the '
+                        f'cluster, or use --cluster local.') from None
     params = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
                   timeout_min=args.timeout_min, name=f'tokenformer-{Path(args.output).name}')
     if args.cluster == 'slurm':

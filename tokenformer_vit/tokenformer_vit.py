@@ -259,6 +259,22 @@ class TokenformerViT(nn.Module):
         if weight_init != 'skip':
             self.init_weights()
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module's, but a checkpoint of other token counts (a grown or smaller model) is named as
+        such, with the create_model arguments that build a model it fits."""
+        from .grow import token_counts
+        from .growth import GrowthError
+        try:
+            counts = token_counts({k.replace('_orig_mod.', '').replace('module.', ''): v for k, v in state_dict.items()})
+        except GrowthError:  # not a whole Tokenformer-ViT state dict: leave the checks to torch
+            counts = None
+        if counts is not None and counts != (self.attn_tokens, self.ffn_tokens):
+            raise RuntimeError(
+                f'The checkpoint has attn_tokens={counts[0]}, ffn_tokens={counts[1]}, but this model was built with '
+                f'attn_tokens={self.attn_tokens}, ffn_tokens={self.ffn_tokens}: pass attn_tokens={counts[0]}, '
+                f'ffn_tokens={counts[1]} to create_model (or --model-kwargs), or grow the model first.')
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def init_weights(self) -> None:
         """timm's ViT init for embeddings, norms and head; Pattentions initialise themselves."""
         trunc_normal_(self.pos_embed, std=.02)

@@ -26,8 +26,9 @@ import torch.distributed as dist
 import yaml
 
 from .checkpoint import CheckpointError, atomic_file, read_checkpoint, save_atomic
-from .data import DataError, build_loader, read_info
-from .make_shards import ShardError
+from .data import build_loader, read_info
+from .errors import UserError
+from .transforms import MAX_IMAGE_PIXELS
 from .engine import evaluate, train_one_epoch
 from .growth import GROWTH_MODES, GrowthError, grow_model, grow_optimizer
 from .pattention import PATTENTION_IMPLS, Pattention, set_pattention_impl
@@ -36,7 +37,7 @@ from .grow import token_counts, validate_command
 __all__ = ['ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'main', 'cli']
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or flag that cannot be used; the message names it and the fix."""
 
 
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--mixup', type=float, default=0.8)
     g.add_argument('--cutmix', type=float, default=1.0)
     g.add_argument('--smoothing', type=float, default=0.1)
+    g.add_argument('--max-image-pixels', type=int, default=MAX_IMAGE_PIXELS,
+                   help='skip (and count) images larger than this many pixels instead of decoding them')
     g = p.add_argument_group('optimization')
     g.add_argument('--epochs', type=int, default=300)
     g.add_argument('--batch-size', type=int, default=128, help='per device')
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--seed', type=int, default=0)
     g.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     g.add_argument('--eval-only', action='store_true', help='evaluate the resumed or initial checkpoint and stop')
+    g.add_argument('--overwrite', action='store_true',
+                   help='start afresh in an --output that holds results but no last.pth.tar to resume from')
     g.add_argument('--save-every-epochs', type=int, default=0, help='also keep checkpoint-EPOCH.pth.tar every N epochs')
     g.add_argument('--save-every-steps', type=int, default=0, help='also save last.pth.tar every N steps')
     g.add_argument('--log-every', type=int, default=20, help='steps between loss points in the logs')
@@ -160,15 +165,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error(f'config file {path} is not valid YAML ({e.__class__.__name__}): fix its syntax.')
         if not isinstance(cfg, dict):
             parser.error(f'config file {path} must be a mapping of flag names to values.')
-        dests = {a.dest for a in parser._actions}
-        unknown = sorted(set(cfg) - dests)
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(set(cfg) - set(actions))
         if unknown:
             parser.error(f'config file {path} has unknown key(s) {", ".join(unknown)}: keys are the flags\' '
                          f'names with underscores (see --help); fix or remove them.')
+        for key, value in cfg.items():
+            problem = _config_value_problem(actions[key], value)
+            if problem:
+                parser.error(f'config file {path}: {key}: {value!r} {problem}.')
         parser.set_defaults(**cfg)
     args = parser.parse_args(argv)
     try:
         args.grow = parse_grow_schedule(args.grow)
+        _check_ranges(args)
     except ConfigError as e:
         parser.error(str(e))
     if args.output is None:
@@ -176,6 +186,58 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.data_dir is None:
         parser.error('--data-dir is required: a folder of WebDataset shards (python -m tokenformer_vit.make_shards).')
     return args
+
+
+def _config_value_problem(action: argparse.Action, value) -> Optional[str]:
+    """What is wrong with a YAML value for this flag, checked as argparse checks the flag: type,
+    number of values, choices; None when it is fine."""
+    if value is None or action.dest in ('config', 'grow', 'model_kwargs'):
+        if action.dest == 'model_kwargs' and value is not None and not isinstance(value, dict):
+            return 'must be a mapping of create_model arguments, e.g. {depth: 6}'
+        return None
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        return None if isinstance(value, bool) else 'must be true or false'
+    values = value if isinstance(value, (list, tuple)) else None
+    if isinstance(action.nargs, int) or action.nargs in ('*', '+'):
+        if values is None or (isinstance(action.nargs, int) and len(values) != action.nargs):
+            count = action.nargs if isinstance(action.nargs, int) else 'one or more'
+            return f'must be a list of {count} values'
+    elif values is not None:
+        return 'must be a single value, not a list'
+    for v in values if values is not None else [value]:
+        if action.type is int and (isinstance(v, bool) or not isinstance(v, int)):
+            return 'must be a whole number'
+        if action.type is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return 'must be a number'
+        if action.type is None and not isinstance(v, str):
+            return 'must be a string'
+        if action.choices is not None and v not in action.choices:
+            return f'must be one of {", ".join(map(str, action.choices))}'
+    return None
+
+
+# (flag, the smallest value allowed, whether that value itself is allowed): checked for flags and YAML alike
+_RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr', 0, False), ('min_lr', 0, True),
+           ('warmup_lr', 0, True), ('warmup_epochs', 0, True), ('weight_decay', 0, True), ('workers', 0, True),
+           ('drop_path', 0, True), ('smoothing', 0, True), ('mixup', 0, True), ('cutmix', 0, True),
+           ('reprob', 0, True), ('ema_decay', 0, True), ('save_every_epochs', 0, True),
+           ('save_every_steps', 0, True), ('log_every', 1, True), ('nodes', 1, True), ('gpus_per_node', 0, True),
+           ('tasks_per_node', 1, True), ('cpus_per_task', 1, True), ('timeout_min', 1, True),
+           ('num_classes', 1, True), ('img_size', 1, True), ('max_image_pixels', 1, True))
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    for key, low, inclusive in _RANGES:
+        value = getattr(args, key, None)
+        if value is not None and (value < low or (value == low and not inclusive)):
+            bound = f'at least {low}' if inclusive else f'more than {low}'
+            raise ConfigError(f'--{key.replace("_", "-")} is {value}: it must be {bound}.')
+    if not 0 <= args.ema_decay < 1:
+        raise ConfigError(f'--ema-decay is {args.ema_decay}: use a decay in [0, 1) (0 disables the EMA).')
+    for event in args.grow:
+        if event['epoch'] >= args.epochs:
+            raise ConfigError(f'--grow at epoch {event["epoch"]} never happens in a run of --epochs {args.epochs} '
+                              f'(epochs count from 0): grow earlier or train longer.')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -327,11 +389,93 @@ def _ensure_shards(args, rank: int) -> None:
 # the job
 
 
+def prepare_output(out: Path, overwrite: bool, rank: int) -> None:
+    """Make sure the run folder can be written, clear what killed saves left, and never start a new
+    run over an earlier run's results: they are kept unless --overwrite (a run resumes from
+    last.pth.tar, so results without it are another run's)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f'--output {out} is a file: pass a folder for the run.')
+    if rank != 0:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out / '.write-test'):
+            pass
+        (out / '.write-test').unlink()
+    except OSError as e:
+        raise ConfigError(f'cannot write to --output {out} ({e.strerror}): choose a writable folder with free space.') from None
+    for stale in out.glob('.*.tmp'):  # atomic_file's temporaries from saves killed half-way
+        stale.unlink(missing_ok=True)
+    results = [p for p in ('best.pth.tar', 'summary.csv', 'curves.png') if (out / p).exists()]
+    results += sorted(p.name for p in out.glob('checkpoint-*.pth.tar'))
+    if results and not (out / 'last.pth.tar').exists():
+        if not overwrite:
+            raise ConfigError(f'--output {out} holds results of an earlier run ({", ".join(results)}) but no '
+                              f'last.pth.tar to resume from: choose a new --output, or pass --overwrite to replace them.')
+        for name in results:
+            (out / name).unlink()
+
+
+def check_resume(args: argparse.Namespace, resume: Dict, world: int) -> None:
+    """A run resumes with the global batch it was trained with: the step count, the data position
+    and the schedule all depend on it."""
+    saved = resume.get('args') or {}
+    before = resume.get('global_batch') or (saved.get('batch_size') and saved['batch_size'] * world)
+    if before and before != args.batch_size * world:
+        raise ConfigError(f'{Path(args.output) / "last.pth.tar"} was trained with a global batch of {before}, not '
+                          f'{args.batch_size * world} (--batch-size {args.batch_size} x {world} process(es)): resume '
+                          f'with the same batch, or start a new --output.')
+
+
+def check_growth_plan(args: argparse.Namespace, start: tuple, history: List[Dict]) -> None:
+    """Every scheduled growth still to come must grow the model as it will be then, not shrink it."""
+    attn, ffn = start
+    for event in args.grow:
+        if any(g.get('epoch') == event['epoch'] for g in history):
+            continue
+        if event['attn_tokens'] < attn or event['ffn_tokens'] < ffn:
+            raise ConfigError(f'--grow at epoch {event["epoch"]} to {event["attn_tokens"]}/{event["ffn_tokens"]} '
+                              f'tokens would shrink the model from {attn}/{ffn}: growth only appends tokens.')
+        attn, ffn = event['attn_tokens'], event['ffn_tokens']
+
+
+def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: str, args) -> None:
+    """load_state_dict, with a mismatch (another width, head count or depth) said in one sentence."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if 'size mismatch' in line or 'Missing' in line
+                       or 'Unexpected' in line), str(e).splitlines()[0])
+        raise CheckpointError(f'{source} does not fit --model {args.model} with --model-kwargs {dict(args.model_kwargs)} '
+                              f'({detail.rstrip(".")}): pass the model and kwargs it was trained with.') from None
+
+
 def main(args: argparse.Namespace) -> int:
     rank, world, device = setup_distributed(args.device)
     out = Path(args.output)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out, args.overwrite, rank)
+    resume_path = out / 'last.pth.tar'
+    resume = read_checkpoint(resume_path) if resume_path.is_file() else None
+    if resume is not None:
+        check_resume(args, resume, world)
+    elif args.eval_only and not args.initial_checkpoint:
+        raise ConfigError(f'--eval-only has nothing to evaluate: {resume_path} does not exist and no '
+                          f'--initial-checkpoint was given.')
+    if args.grow:
+        try:
+            start = token_counts(resume['state_dict'], str(resume_path)) if resume is not None else None
+        except GrowthError:
+            start = None
+        if start is None:
+            import timm
+            try:
+                meta = timm.create_model(args.model, device='meta', **dict(args.model_kwargs))
+            except (RuntimeError, TypeError) as e:
+                raise ConfigError(f'cannot create --model {args.model} with {dict(args.model_kwargs)}: {e}') from None
+            if not hasattr(meta, 'attn_tokens'):
+                raise ConfigError(f'--grow needs a Tokenformer-ViT; {args.model} has no parameter tokens.')
+            start = (meta.attn_tokens, meta.ffn_tokens)
+        check_growth_plan(args, start, list(resume.get('growth_history') or []) if resume else [])
     amp = args.amp or ('bf16' if device.type == 'cuda' else 'none')
     if amp == 'fp16' and device.type != 'cuda':
         raise ConfigError('--amp fp16 needs a CUDA GPU: use --amp bf16 or none on the CPU.')
@@ -346,11 +490,13 @@ def main(args: argparse.Namespace) -> int:
     num_classes = args.num_classes or splits.get(args.train_split, {}).get('num_classes') or len(info.get('classes', []))
     if not num_classes:
         raise ConfigError(f'{args.data_dir}/_info.json does not say how many classes there are: pass --num-classes.')
+    data_classes = splits.get(args.train_split, {}).get('num_classes') or len(info.get('classes', []))
+    if data_classes and num_classes < data_classes:
+        raise ConfigError(f'--num-classes {num_classes} is fewer than the {data_classes} classes of {args.data_dir}: '
+                          f'pass at least {data_classes}, or leave it out.')
 
     # model: resumed, grown from an initial checkpoint, or new (initialised from --seed, the same on every rank)
     torch.manual_seed(args.seed)
-    resume_path = out / 'last.pth.tar'
-    resume = read_checkpoint(resume_path) if resume_path.is_file() else None
     growth_history: List[Dict] = []
     if resume is not None:
         try:
@@ -358,7 +504,7 @@ def main(args: argparse.Namespace) -> int:
         except GrowthError:  # another timm model: it has no token counts
             sizes = (None, None)
         model = create_model(args, num_classes, *sizes)
-        model.load_state_dict(resume['state_dict'])
+        load_weights(model, resume['state_dict'], str(resume_path), args)
         growth_history = list(resume.get('growth_history') or [])
     else:
         model = create_model(args, num_classes)
@@ -368,7 +514,7 @@ def main(args: argparse.Namespace) -> int:
             attn, ffn = token_counts(state, args.initial_checkpoint)
             target = (model.attn_tokens, model.ffn_tokens)
             model = create_model(args, num_classes, attn, ffn)
-            model.load_state_dict(state)
+            load_weights(model, state, str(args.initial_checkpoint), args)
             if (attn, ffn) != target:
                 grow_model(model, *target, mode=args.grow_mode, generator=torch.Generator().manual_seed(args.seed))
                 growth_history.append(dict(epoch=0, step=0, attn_tokens=[attn, target[0]], ffn_tokens=[ffn, target[1]],
@@ -386,11 +532,12 @@ def main(args: argparse.Namespace) -> int:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=args.ema_decay)
         if resume is not None and resume.get('state_dict_ema'):
-            ema.module.load_state_dict(resume['state_dict_ema'])
+            load_weights(ema.module, resume['state_dict_ema'], f'{resume_path} (EMA)', args)
 
     val_loader = build_loader(args.data_dir, args.val_split, args.batch_size, False, num_workers=args.workers,
                               img_size=img_size, world_size=world, rank=rank, crop_pct=crop_pct,
-                              pin_memory=device.type == 'cuda')
+                              pin_memory=device.type == 'cuda', num_classes=num_classes,
+                              max_pixels=args.max_image_pixels)
     if args.eval_only:
         for name, m in (('model', model), ('ema', ema.module if ema else None)):
             if m is not None:
@@ -405,10 +552,11 @@ def main(args: argparse.Namespace) -> int:
     train_loader = build_loader(args.data_dir, args.train_split, args.batch_size, True, num_workers=args.workers,
                                 img_size=img_size, world_size=world, rank=rank, seed=args.seed,
                                 rand_augment=args.rand_augment, color_jitter=args.color_jitter, reprob=args.reprob,
-                                pin_memory=device.type == 'cuda', scale=tuple(args.scale))
+                                pin_memory=device.type == 'cuda', scale=tuple(args.scale), num_classes=num_classes,
+                                max_pixels=args.max_image_pixels)
     updates_per_epoch = train_loader.dataset.batches_per_rank
     global_batch = args.batch_size * world
-    lr = args.lr or args.blr * global_batch / 256
+    lr = args.lr if args.lr is not None else args.blr * global_batch / 256
 
     from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
     from timm.optim import create_optimizer_v2
@@ -468,20 +616,25 @@ def main(args: argparse.Namespace) -> int:
     train_model = wrap(model)
     preemption = Preemption(world, device)
 
-    def checkpoint(epoch_in_progress: int, epoch_done: int, *names: str) -> None:
-        """Save the run's whole state (rank 0) to last.pth.tar and to any further `names`."""
+    def checkpoint(at_step: int, epoch_in_progress: int, epoch_done: int, *names: str) -> None:
+        """Save the run's whole state after optimizer step `at_step` (rank 0) to last.pth.tar and to
+        any further `names`."""
         if rank != 0:
             return
         state = dict(arch=args.model, state_dict=model.state_dict(),
                      state_dict_ema=ema.module.state_dict() if ema else None,
                      optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler else None,
                      scheduler=scheduler.state_dict(), epoch=epoch_done, epoch_in_progress=epoch_in_progress,
-                     step=step, metric=best, version=2, args=_plain(vars(args)),
+                     step=at_step, global_batch=global_batch, metric=best, version=2, args=_plain(vars(args)),
                      growth_history=growth_history, log=log,
                      model_kwargs=dict(attn_tokens=getattr(model, 'attn_tokens', None),
                                        ffn_tokens=getattr(model, 'ffn_tokens', None)))
         for name in ('last.pth.tar',) + names:
-            save_atomic(state, out / name)
+            try:
+                save_atomic(state, out / name)
+            except OSError as e:  # the file it would have replaced is intact
+                raise CheckpointError(f'could not write {out / name} ({e.strerror}): free space in or fix --output, '
+                                      f'then rerun the command to resume from the last save.') from None
 
     def on_step(s, loss, lr_now, n):
         if rank == 0 and (s % args.log_every == 0 or s == 1):
@@ -490,8 +643,9 @@ def main(args: argparse.Namespace) -> int:
             if tb:
                 tb.add_scalar('train/loss', value, s)
                 tb.add_scalar('train/lr', lr_now, s)
-        if args.save_every_steps and s % args.save_every_steps == 0:
-            checkpoint(s // updates_per_epoch, s // updates_per_epoch - 1)
+        # at an epoch's last step the epoch-end save follows at once, after the evaluation it records
+        if args.save_every_steps and s % args.save_every_steps == 0 and s % updates_per_epoch:
+            checkpoint(s, s // updates_per_epoch, s // updates_per_epoch - 1)
 
     total_steps = args.epochs * updates_per_epoch
     t_start, step_start = time.time(), step
@@ -534,7 +688,7 @@ def main(args: argparse.Namespace) -> int:
                                  should_stop=preemption.requested, on_step=on_step)
         step, skip = result['step'], 0
         if result['stopped'] and step % updates_per_epoch:
-            checkpoint(epoch, epoch - 1)
+            checkpoint(step, epoch, epoch - 1)
             return _stop(preemption, rank, out, step)
         seconds = time.time() - t0
         img_s = result['images'] * world / max(seconds, 1e-9)
@@ -552,7 +706,7 @@ def main(args: argparse.Namespace) -> int:
         best = ev['top1'] if is_best else best
         extra = (('best.pth.tar',) if is_best else ()) + (
             (f'checkpoint-{epoch}.pth.tar',) if args.save_every_epochs and (epoch + 1) % args.save_every_epochs == 0 else ())
-        checkpoint(epoch + 1, epoch, *extra)
+        checkpoint(step, epoch + 1, epoch, *extra)
         if rank == 0:
             write_logs(out, log, growth_history)
             if tb:
@@ -569,7 +723,8 @@ def main(args: argparse.Namespace) -> int:
         data_flags = f'--dataset wds/{info.get("name", "NAME")} --split {args.val_split}'
         if args.crop_pct:
             data_flags += f' --crop-pct {args.crop_pct}'
-        command = (validate_command(args.model, model.state_dict(), out / 'last.pth.tar', args.data_dir)
+        command = (validate_command(args.model, model.state_dict(), out / 'last.pth.tar', args.data_dir,
+                                    model_kwargs=dict(args.model_kwargs))
                    if hasattr(model, 'attn_tokens') else
                    f'python validate.py --model {args.model} --num-classes {num_classes} '
                    f'--checkpoint {out / "last.pth.tar"} --data-dir {args.data_dir}')
@@ -600,11 +755,14 @@ def _finish() -> None:
 
 def cli(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.submit:
-        from .submit import submit
-        return submit(args)
     try:
+        if args.submit:
+            from .submit import submit
+            return submit(args)
         return main(args)
-    except (ConfigError, DataError, CheckpointError, ShardError) as e:
-        print(f'error: {e}', file=sys.stderr)
+    except UserError as e:
+        message = str(e)
+        if 'Original Traceback' in message:  # raised in a DataLoader worker: its own sentence is the last line
+            message = message.strip().splitlines()[-1].split(': ', 1)[-1]
+        print(f'error: {message}', file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ Albumentations does not reseed forked workers: `seed_transform` does it, per bat
 loader's seed, the epoch, the rank and the batch, so no two workers repeat each other's augmentations.
 """
 import math
+import warnings
 from typing import Sequence, Tuple
 
 import albumentations as A
@@ -43,13 +44,31 @@ cv2.setNumThreads(1)  # one decoding thread per DataLoader worker
 _IMREAD_RGB = getattr(cv2, 'IMREAD_COLOR_RGB', None)  # OpenCV >= 4.10 decodes straight to RGB
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """JPEG (or any image) bytes to an H×W×3 uint8 RGB array; greyscale and CMYK become RGB."""
+# PIL's own warning threshold: above it an image is refused rather than decoded (a few hundred bytes
+# of JPEG can claim 12000 x 12000 pixels, 430 MB once decoded)
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header claims more pixels than the decoder is allowed to allocate."""
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """JPEG (or any image) bytes to an H×W×3 uint8 RGB array; greyscale and CMYK become RGB.
+
+    The header is read first, and an image of more than `max_pixels` pixels is refused
+    (ImageTooLarge) before anything is allocated for it."""
+    from io import BytesIO
+    from PIL import Image
+    with warnings.catch_warnings():  # PIL's own bomb warning: the limit here decides
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        with Image.open(BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f'{width}x{height} pixels, above the limit of {max_pixels}')
     buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, _IMREAD_RGB) if _IMREAD_RGB is not None else cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
-        from io import BytesIO
-        from PIL import Image
         return np.asarray(Image.open(BytesIO(data)).convert('RGB'))  # raises on a corrupt image
     return img if _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
