@@ -259,6 +259,11 @@ def test_grow_cli_refuses_to_overwrite_its_input(tmp_path):
                            '--ffn-tokens', '900'], capture_output=True, text=True)
     assert proc.returncode == 2 and 'is the checkpoint being grown' in proc.stderr
     assert src.read_bytes() == before
+    (tmp_path / 'hf').write_text('a file')
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(src), '--output',
+                           str(tmp_path / 'out.pth.tar'), '--hf-dir', str(tmp_path / 'hf')], capture_output=True, text=True)
+    assert proc.returncode == 2 and '--hf-dir' in proc.stderr and 'is a file' in proc.stderr
+    assert (tmp_path / 'hf').read_text() == 'a file' and not (tmp_path / 'out.pth.tar').exists()
 
 
 def test_loading_a_checkpoint_of_other_token_counts_names_the_kwargs_to_pass(tmp_path):

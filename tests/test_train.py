@@ -389,6 +389,10 @@ def one_sentence(err):
     (['--epochs', 3, '--num-classes', 2], '--num-classes 2 is fewer than the 4 classes'),
     (['--epochs', 3, '--initial-checkpoint', 'WIDE'], 'does not fit --model tokenformer_vit_tiny'),
     (['--epochs', 3, '--initial-checkpoint', 'GARBAGE'], 'could not be read as a safetensors file'),
+    (['--epochs', 3, '--initial-checkpoint', 'MISSING'], 'does not exist: pass a checkpoint file'),
+    (['--model', 'tokenformer_vit_huge'], '--model tokenformer_vit_huge is not a timm model'),
+    (['--opt-betas', 0.9, 1.5], 'each beta must be in [0, 1)'),
+    (['--scale', 0.5, 0.1], 'pass MIN MAX with 0 < MIN <= MAX <= 1'),
 ])
 def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_path, capsys, flags, message):
     import timm
@@ -397,7 +401,8 @@ def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_p
                                                 attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
                                                 num_classes=4).state_dict()}, wide)
     (tmp_path / 'garbage.safetensors').write_bytes(b'not a safetensors file at all')
-    flags = [{'WIDE': wide, 'GARBAGE': tmp_path / 'garbage.safetensors'}.get(f, f) for f in flags]
+    flags = [{'WIDE': wide, 'GARBAGE': tmp_path / 'garbage.safetensors', 'MISSING': tmp_path / 'no.pth'}.get(f, f)
+             for f in flags]
     code, err = run_cli(['--data-dir', shards, '--output', tmp_path / 'run', *flags], capsys)
     assert code == 2 and message in one_sentence(err), err
     assert not (tmp_path / 'run' / 'last.pth.tar').exists()
@@ -411,6 +416,7 @@ def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_p
     ('scale: 0.5', 'scale: 0.5 must be a list of 2 values'),
     ('model_kwargs: depth=2', "model_kwargs: 'depth=2' must be a mapping"),
     ('batch_size: 0', '--batch-size is 0: it must be at least 1'),
+    ('grow: 5', 'grow: 5 must be a string'),
 ])
 def test_yaml_values_are_checked_like_flags(tmp_path, capsys, yaml_text, message):
     cfg = tmp_path / 'c.yaml'

@@ -121,6 +121,8 @@ def main(argv=None) -> int:
         if Path(args.output).resolve() == Path(args.checkpoint).resolve():
             raise GrowthError(f'--output {args.output} is the checkpoint being grown: write the grown checkpoint to '
                               f'a new file, so that the original stays.')
+        if args.hf_dir and Path(args.hf_dir).exists() and not Path(args.hf_dir).is_dir():
+            raise GrowthError(f'--hf-dir {args.hf_dir} is a file: pass a folder name for the timm local-dir: model.')
         if Path(args.output).is_dir():
             raise GrowthError(f'--output {args.output} is a folder: pass a file name, e.g. grown.pth.tar.')
         ckpt = read_checkpoint(args.checkpoint)

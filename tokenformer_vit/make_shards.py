@@ -268,6 +268,10 @@ def main(argv=None) -> int:
     except (UserError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except OSError as e:  # a full or read-only --output: what was written before stays whole
+        print(f'error: cannot write the shards to {args.output} ({e.strerror}): free space there or choose '
+              f'another --output.', file=sys.stderr)
+        return 2
     print(f'{args.split}: {entry["num_samples"]} samples in {len(entry["filenames"])} shards under {args.output}'
           + (f', {entry["skipped"]} unreadable image(s) skipped' if entry['skipped'] else ''))
     return 0

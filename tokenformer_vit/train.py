@@ -41,10 +41,17 @@ class ConfigError(UserError):
     """A config file or flag that cannot be used; the message names it and the fix."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is its one sentence and exit code 2, without the 30-line usage."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
     from timm.utils import ParseKwargs
-    p = argparse.ArgumentParser(description='Train a Tokenformer-ViT on WebDataset shards.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description='Train a Tokenformer-ViT on WebDataset shards.',
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--config', default=None, help='YAML file of flag defaults (keys: flag names with underscores)')
     g = p.add_argument_group('model')
     g.add_argument('--model', default='tokenformer_vit_base_pm', help='a timm model name')
@@ -194,6 +201,8 @@ def _config_value_problem(action: argparse.Action, value) -> Optional[str]:
     if value is None or action.dest in ('config', 'grow', 'model_kwargs'):
         if action.dest == 'model_kwargs' and value is not None and not isinstance(value, dict):
             return 'must be a mapping of create_model arguments, e.g. {depth: 6}'
+        if action.dest == 'grow' and value is not None and not isinstance(value, (str, list)):
+            return 'must be a string "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." or a list of them'
         return None
     if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
         return None if isinstance(value, bool) else 'must be true or false'
@@ -223,7 +232,8 @@ _RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr
            ('reprob', 0, True), ('ema_decay', 0, True), ('save_every_epochs', 0, True),
            ('save_every_steps', 0, True), ('log_every', 1, True), ('nodes', 1, True), ('gpus_per_node', 0, True),
            ('tasks_per_node', 1, True), ('cpus_per_task', 1, True), ('timeout_min', 1, True),
-           ('num_classes', 1, True), ('img_size', 1, True), ('max_image_pixels', 1, True))
+           ('num_classes', 1, True), ('img_size', 1, True), ('max_image_pixels', 1, True), ('crop_pct', 0, False),
+           ('clip_grad', 0, False), ('color_jitter', 0, True))
 
 
 def _check_ranges(args: argparse.Namespace) -> None:
@@ -232,6 +242,15 @@ def _check_ranges(args: argparse.Namespace) -> None:
         if value is not None and (value < low or (value == low and not inclusive)):
             bound = f'at least {low}' if inclusive else f'more than {low}'
             raise ConfigError(f'--{key.replace("_", "-")} is {value}: it must be {bound}.')
+    import timm
+    if not timm.is_model(args.model):
+        raise ConfigError(f'--model {args.model} is not a timm model: see timm.list_models("tokenformer*") for ours.')
+    if not all(0 <= b < 1 for b in args.opt_betas):
+        raise ConfigError(f'--opt-betas {" ".join(map(str, args.opt_betas))}: each beta must be in [0, 1).')
+    if not 0 < args.scale[0] <= args.scale[1] <= 1:
+        raise ConfigError(f'--scale {args.scale[0]} {args.scale[1]}: pass MIN MAX with 0 < MIN <= MAX <= 1.')
+    if args.initial_checkpoint and not Path(args.initial_checkpoint).is_file():
+        raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
     if not 0 <= args.ema_decay < 1:
         raise ConfigError(f'--ema-decay is {args.ema_decay}: use a decay in [0, 1) (0 disables the EMA).')
     for event in args.grow:
@@ -379,8 +398,12 @@ def _ensure_shards(args, rank: int) -> None:
         from .make_shards import make_shards
         for split in (args.train_split, args.val_split):
             print(f'building {args.shards_from} {split} shards in {root}', flush=True)
-            make_shards(args.shards_from, split, root, shard_size=2500, workers=max(1, os.cpu_count() or 1),
-                        name=args.shards_from.replace('-', '_'))
+            try:
+                make_shards(args.shards_from, split, root, shard_size=2500, workers=max(1, os.cpu_count() or 1),
+                            name=args.shards_from.replace('-', '_'), max_pixels=args.max_image_pixels)
+            except OSError as e:
+                raise ConfigError(f'cannot write the {args.shards_from} shards to --data-dir {root} ({e.strerror}): '
+                                  f'free space there or choose another --data-dir.') from None
     if dist.is_initialized():
         dist.barrier()
 
