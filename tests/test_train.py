@@ -498,8 +498,9 @@ def test_missing_shards_are_built_from_fashion_mnist_with_a_timm_readable_name(t
     import argparse
     import json
     from tokenformer_vit.train import _ensure_shards
+    from tokenformer_vit.transforms import MAX_IMAGE_PIXELS
     args = argparse.Namespace(data_dir=str(tmp_path / 'fm'), shards_from='fashion-mnist', train_split='validation',
-                              val_split='validation')
+                              val_split='validation', max_image_pixels=MAX_IMAGE_PIXELS)
     _ensure_shards(args, rank=0)
     info = json.loads((tmp_path / 'fm' / '_info.json').read_text())
     assert info['name'] == 'fashion_mnist' and info['splits']['validation']['num_samples'] == 10_000
