@@ -342,19 +342,27 @@ def test_duplicate_class_names_and_output_inside_input_are_refused(tmp_path):
     assert not (tmp_path / 'img' / 'shards').exists() and not (tmp_path / 'wds').exists()
 
 
-def test_a_pool_inside_a_process_that_ignores_sigterm_finishes(tmp_path):
-    # what a submitit task does to its children: its SIGTERM handler only logs "Bypassing signal SIGTERM"
+def test_a_pool_inside_a_process_that_ignores_sigterm_finishes_with_workers_that_obey_it(tmp_path):
+    # what a submitit task does to its children: its SIGTERM handler only logs "Bypassing signal SIGTERM".
+    # A pool worker that inherits it cannot be terminated, and the pool can wait for it forever.
     image_folder(tmp_path / 'img', classes=('a', 'b', 'c'), per_class=4)
     script = (
-        'import signal, sys\n'
+        'import os, signal\n'
         'signal.signal(signal.SIGTERM, lambda *a: print("Bypassing signal SIGTERM", flush=True))\n'
-        'from tokenformer_vit.make_shards import make_shards\n'
-        f'make_shards({str(tmp_path / "img")!r}, "train", {str(tmp_path / "wds")!r}, shard_size=2, workers=2, '
+        'from tokenformer_vit import make_shards as ms\n'
+        'write = ms._write_shard\n'
+        'def spy(job):  # runs in a pool worker: record the SIGTERM handler it has\n'
+        f'    with open({str(tmp_path)!r} + f"/handler-{{os.getpid()}}", "w") as f:\n'
+        '        f.write(str(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL))\n'
+        '    return write(job)\n'
+        'ms._write_shard = spy\n'
+        f'ms.make_shards({str(tmp_path / "img")!r}, "train", {str(tmp_path / "wds")!r}, shard_size=2, workers=2, '
         'progress=False)\n'
         'print("built")\n')
     res = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and 'built' in res.stdout, res.stdout + res.stderr
-    assert 'Bypassing' not in res.stdout  # the workers never got that handler
+    handlers = [p.read_text() for p in tmp_path.glob('handler-*')]
+    assert handlers and set(handlers) == {'True'}, handlers
 
 
 def test_info_json_that_is_not_json_is_one_clear_error(tmp_path):
