@@ -408,6 +408,13 @@ def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_p
     assert not (tmp_path / 'run' / 'last.pth.tar').exists()
 
 
+def test_yaml_numbers_that_yaml_reads_as_strings_are_taken_as_argparse_takes_them(tmp_path):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('lr: 1e-3\nepochs: 7\nmin_lr: 1e-6\n')  # YAML 1.1 reads 1e-3 as the string '1e-3'
+    args = parse_args(['--config', str(cfg), '--data-dir', 'x', '--output', 'y'])
+    assert args.lr == 1e-3 and args.min_lr == 1e-6 and args.epochs == 7
+
+
 @pytest.mark.parametrize('yaml_text,message', [
     ('epochs: 2.5', 'epochs: 2.5 must be a whole number'),
     ('amp: fp8', "amp: 'fp8' must be one of bf16, fp16, none"),
@@ -417,6 +424,7 @@ def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_p
     ('model_kwargs: depth=2', "model_kwargs: 'depth=2' must be a mapping"),
     ('batch_size: 0', '--batch-size is 0: it must be at least 1'),
     ('grow: 5', 'grow: 5 must be a string'),
+    ('epochs: "2.5"', "epochs: '2.5' must be a whole number"),
 ])
 def test_yaml_values_are_checked_like_flags(tmp_path, capsys, yaml_text, message):
     cfg = tmp_path / 'c.yaml'

@@ -214,6 +214,11 @@ def _config_value_problem(action: argparse.Action, value) -> Optional[str]:
     elif values is not None:
         return 'must be a single value, not a list'
     for v in values if values is not None else [value]:
+        if isinstance(v, str) and action.type in (int, float):
+            try:  # YAML reads 1e-3 as a string; argparse converts string defaults, so it is fine
+                v = action.type(v)
+            except ValueError:
+                pass
         if action.type is int and (isinstance(v, bool) or not isinstance(v, int)):
             return 'must be a whole number'
         if action.type is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
