@@ -441,6 +441,23 @@ def test_output_that_is_a_file_or_cannot_be_created_is_refused(shards, tmp_path,
         assert code == 2 and message in one_sentence(err), err
 
 
+def test_a_shard_label_outside_the_classes_ends_the_job_with_one_sentence(shards, tmp_path):
+    import json
+    import shutil
+    wds = tmp_path / 'wds'
+    shutil.copytree(shards, wds)
+    info = json.loads((wds / '_info.json').read_text())
+    info['classes'] = info['classes'][:3]  # the shards hold labels 0-3: one is now outside the classes
+    for split in info['splits'].values():
+        split['num_classes'] = 3
+    (wds / '_info.json').write_text(json.dumps(info))
+    t0 = time.time()
+    res = train('--data-dir', wds, '--output', tmp_path / 'run', '--epochs', 1, '--workers', 1, check=False)
+    assert res.returncode == 2 and 'outside the 3 classes of the model' in res.stderr, res.stderr
+    assert res.stderr.strip().count('\n') == 0, res.stderr
+    assert time.time() - t0 < 120  # and the process ended, its loader worker with it
+
+
 def test_results_without_last_checkpoint_are_kept_unless_overwrite(shards, tmp_path, capsys):
     out = tmp_path / 'run'
     out.mkdir()

@@ -16,8 +16,10 @@ Images are decoded to uint8 RGB in the workers, augmented there (transforms.py),
 uint8; `normalize_batch` turns a batch into the model's normalised float input on its device. Bad
 data (a corrupt JPEG, a sample without a label, a truncated tar) is skipped with a counted warning.
 """
+import atexit
 import json
 import math
+import multiprocessing
 import random
 import signal
 import warnings
@@ -324,6 +326,28 @@ def _ignore_preemption_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _kill_leftover_workers() -> None:
+    """At exit, SIGKILL the loader workers still alive. They ignore SIGTERM (above), and
+    multiprocessing's own exit handler stops daemonic children with SIGTERM and then waits for them:
+    a loader whose iterator an exception left behind (a bad label, say) would hold the process forever."""
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    if workers:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report the kills as failures
+    for child in workers:
+        child.kill()
+        child.join(timeout=10)
+
+
+_reaper_registered = False
+
+
+def _register_worker_reaper() -> None:
+    global _reaper_registered
+    if not _reaper_registered:  # registered after multiprocessing's handler, so it runs before it
+        atexit.register(_kill_leftover_workers)
+        _reaper_registered = True
+
+
 def build_loader(root: str, split: str, batch_size: int, training: bool, num_workers: int = 4, img_size: int = 224,
                  world_size: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0, crop_pct: float = 0.875,
                  rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
@@ -338,6 +362,8 @@ def build_loader(root: str, split: str, batch_size: int, training: bool, num_wor
     stream = ShardStream(root, split, batch_size, training, img_size, world_size, rank, seed, epoch, crop_pct,
                          rand_augment, color_jitter, reprob, shuffle_buffer, scale, num_classes, max_pixels)
     stream.num_workers = num_workers
+    if num_workers:
+        _register_worker_reaper()
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
                       worker_init_fn=_ignore_preemption_signals if num_workers else None)
