@@ -22,6 +22,7 @@ is below 1e-8 relative.
 """
 import contextlib
 import math
+import os
 from typing import Optional
 
 import torch
@@ -39,6 +40,12 @@ PATTENTION_IMPLS = ('auto', 'fused', 'torch')
 # The fused kernels pass the interpreter tests but have not yet been timed on a GPU, so 'auto' keeps
 # the torch path everywhere: flip this only with GPU measurements in benchmarks/results/.
 AUTO_PICKS_FUSED = False
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1), where the
+    fused path also takes CPU tensors."""
+    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 
 def _inv_norm(a: torch.Tensor, tau: torch.Tensor, eps: float) -> torch.Tensor:
@@ -188,7 +195,7 @@ class Pattention(nn.Module):
 
     @torch.jit.unused
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        from .triton_pattention import interpreting, l2_gelu_pattention
+        from .triton_pattention import l2_gelu_pattention
         if x.device.type != 'cuda' and not interpreting():
             raise RuntimeError(f"Pattention impl='fused' runs on CUDA tensors, got a {x.device.type} tensor: use "
                                f"impl='auto' or 'torch' there (or TRITON_INTERPRET=1 to test the kernels on the CPU).")

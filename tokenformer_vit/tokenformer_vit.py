@@ -28,7 +28,7 @@ from timm.layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, clean_state_dict, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._input import update_model_args, update_model_input_size
@@ -265,7 +265,7 @@ class TokenformerViT(nn.Module):
         from .grow import token_counts
         from .growth import GrowthError
         try:
-            counts = token_counts({k.replace('_orig_mod.', '').replace('module.', ''): v for k, v in state_dict.items()})
+            counts = token_counts(clean_state_dict(state_dict))
         except GrowthError:  # not a whole Tokenformer-ViT state dict: leave the checks to torch
             counts = None
         if counts is not None and counts != (self.attn_tokens, self.ffn_tokens):

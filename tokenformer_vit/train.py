@@ -31,7 +31,7 @@ from .errors import UserError
 from .transforms import MAX_IMAGE_PIXELS
 from .engine import evaluate, train_one_epoch
 from .growth import GROWTH_MODES, GrowthError, grow_model, grow_optimizer
-from .pattention import PATTENTION_IMPLS, Pattention, set_pattention_impl
+from .pattention import PATTENTION_IMPLS, Pattention, interpreting, set_pattention_impl
 from .grow import token_counts, validate_command
 
 __all__ = ['ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'main', 'cli']
@@ -185,7 +185,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.grow = parse_grow_schedule(args.grow)
-        _check_ranges(args)
+        _check_values(args)
     except ConfigError as e:
         parser.error(str(e))
     if args.output is None:
@@ -241,7 +241,8 @@ _RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr
            ('clip_grad', 0, False), ('color_jitter', 0, True))
 
 
-def _check_ranges(args: argparse.Namespace) -> None:
+def _check_values(args: argparse.Namespace) -> None:
+    """Ranges and consistency of the flags (from the command line or the config alike)."""
     for key, low, inclusive in _RANGES:
         value = getattr(args, key, None)
         if value is not None and (value < low or (value == low and not inclusive)):
@@ -455,8 +456,25 @@ def check_resume(args: argparse.Namespace, resume: Dict, world: int) -> None:
                           f'with the same batch, or start a new --output.')
 
 
-def check_growth_plan(args: argparse.Namespace, start: tuple, history: List[Dict]) -> None:
-    """Every scheduled growth still to come must grow the model as it will be then, not shrink it."""
+def check_growth_plan(args: argparse.Namespace, resume: Optional[Dict]) -> None:
+    """Every scheduled growth still to come must grow the model as it will be then, not shrink it:
+    checked from the resumed checkpoint's token counts, or a meta-device model's, before any work."""
+    if not args.grow:
+        return
+    try:
+        start = token_counts(resume['state_dict']) if resume is not None else None
+    except GrowthError:  # resuming another timm model: the model check below says so
+        start = None
+    if start is None:
+        import timm
+        try:
+            meta = timm.create_model(args.model, device='meta', **dict(args.model_kwargs))
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f'cannot create --model {args.model} with {dict(args.model_kwargs)}: {e}') from None
+        if not hasattr(meta, 'attn_tokens'):
+            raise ConfigError(f'--grow needs a Tokenformer-ViT; {args.model} has no parameter tokens.')
+        start = (meta.attn_tokens, meta.ffn_tokens)
+    history = list(resume.get('growth_history') or []) if resume is not None else []
     attn, ffn = start
     for event in args.grow:
         if any(g.get('epoch') == event['epoch'] for g in history):
@@ -489,26 +507,12 @@ def main(args: argparse.Namespace) -> int:
     elif args.eval_only and not args.initial_checkpoint:
         raise ConfigError(f'--eval-only has nothing to evaluate: {resume_path} does not exist and no '
                           f'--initial-checkpoint was given.')
-    if args.grow:
-        try:
-            start = token_counts(resume['state_dict'], str(resume_path)) if resume is not None else None
-        except GrowthError:
-            start = None
-        if start is None:
-            import timm
-            try:
-                meta = timm.create_model(args.model, device='meta', **dict(args.model_kwargs))
-            except (RuntimeError, TypeError) as e:
-                raise ConfigError(f'cannot create --model {args.model} with {dict(args.model_kwargs)}: {e}') from None
-            if not hasattr(meta, 'attn_tokens'):
-                raise ConfigError(f'--grow needs a Tokenformer-ViT; {args.model} has no parameter tokens.')
-            start = (meta.attn_tokens, meta.ffn_tokens)
-        check_growth_plan(args, start, list(resume.get('growth_history') or []) if resume else [])
+    check_growth_plan(args, resume)
     amp = args.amp or ('bf16' if device.type == 'cuda' else 'none')
     if amp == 'fp16' and device.type != 'cuda':
         raise ConfigError('--amp fp16 needs a CUDA GPU: use --amp bf16 or none on the CPU.')
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp]
-    if args.pattention_impl == 'fused' and device.type != 'cuda' and os.environ.get('TRITON_INTERPRET', '0') in ('', '0'):
+    if args.pattention_impl == 'fused' and device.type != 'cuda' and not interpreting():
         raise ConfigError(f'--pattention-impl fused runs on CUDA GPUs, not on {device.type}: use auto or torch.')
 
     # data

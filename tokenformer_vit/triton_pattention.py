@@ -19,7 +19,6 @@ them without a GPU.
 
 This module imports Triton, so `Pattention` imports it only when the fused path is asked for.
 """
-import os
 from typing import Tuple
 
 import torch
@@ -27,14 +26,11 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-__all__ = ['l2_gelu_pattention', 'interpreting']
+from .pattention import interpreting
+
+__all__ = ['l2_gelu_pattention']
 
 MAX_BLOCK_N = 8192
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 
 # A program holds BLOCK_M rows of BLOCK_N scores; TILE is the number of scores it aims for, so that
