@@ -4,7 +4,7 @@
 """
 import sys
 
-from tokenformer_vit.train import cli
+from tokenformer_vit.cli import main
 
 if __name__ == '__main__':
-    sys.exit(cli())
+    sys.exit(main())

@@ -66,7 +66,7 @@ def test_paper_growth_changes_the_function_and_recomputes_tau():
     before = layer(x)
     grow_pattention(layer, 400, mode='paper')
     assert layer.tau.item() == pytest.approx(20.0)
-    # DESIGN §3 measured 1.15 for random keys with the new τ
+    # random keys with the new τ change a layer's output by about its own size
     assert ((layer(x) - before).norm() / before.norm()).item() > 0.5
     model = small_model().eval()
     img = torch.randn(4, 3, 32, 32)
@@ -272,3 +272,41 @@ def test_loading_a_checkpoint_of_other_token_counts_names_the_kwargs_to_pass(tmp
     torch.save({'state_dict': grown.state_dict()}, tmp_path / 'grown.pth.tar')
     with pytest.raises(RuntimeError, match='pass attn_tokens=256, ffn_tokens=1024 to create_model'):
         timm.create_model('tokenformer_vit_tiny', checkpoint_path=str(tmp_path / 'grown.pth.tar'), **SMALL)
+
+
+def test_a_grown_training_state_has_the_same_new_tokens_in_model_and_ema_and_restarts_a_restart_schedule():
+    from timm.utils import ModelEmaV3
+    from tokenformer_vit.engine import LRSchedule, build_optimizer
+    from tokenformer_vit.growth import grow_training_state
+    model = trained_small_model()
+    ema = ModelEmaV3(model, decay=0.9)
+    opt = build_optimizer(model, 1e-3, 0.05)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
+    opt.step()
+    schedules = {p: LRSchedule(opt, total_steps=20, warmup_steps=2, warmup_lr=1e-6, min_lr=1e-5, policy=p,
+                               planned=[10]) for p in ('continue', 'restart')}
+    for s in schedules.values():
+        s.step_update(10)
+    record = grow_training_state(model, 256, 1024, 'preserve', optimizer=opt, ema=ema,
+                                 scheduler=schedules['restart'], step=10, seed=3)
+    assert record == dict(step=10, attn_tokens=[192, 256], ffn_tokens=[768, 1024], mode='preserve')
+    for a, b in zip(model.parameters(), ema.module.parameters()):
+        assert a.shape == b.shape
+    value, ema_value = model.blocks[0].ffn.value_tokens, ema.module.blocks[0].ffn.value_tokens
+    assert torch.equal(value[768:], ema_value[768:]) and value[768:].abs().sum() > 0  # the same new tokens
+    grown_params = {id(p) for g in opt.param_groups for p in g['params']}
+    assert id(value) in grown_params and opt.state[value]['exp_avg'].shape == value.shape
+    assert schedules['restart'].state_dict()['starts'] == [0, 10]
+    assert schedules['restart'].optimizer.param_groups[0]['lr'] == pytest.approx(1e-6)  # warmup again
+
+
+def test_grow_cli_gives_the_ema_the_same_new_tokens_as_the_model(tmp_path):
+    model = trained_small_model().eval()
+    src, out = tmp_path / 'in.pth.tar', tmp_path / 'out.pth.tar'
+    sd = model.state_dict()
+    torch.save(dict(state_dict=sd, state_dict_ema={k: v.clone() for k, v in sd.items()}), src)
+    assert grow_main(['--checkpoint', str(src), '--ffn-tokens', '1024', '--output', str(out)]) == 0
+    ckpt = torch.load(out, weights_only=True)
+    key = 'blocks.1.ffn.value_tokens'
+    assert ckpt['state_dict'][key].shape[0] == 1024
+    assert torch.equal(ckpt['state_dict'][key], ckpt['state_dict_ema'][key])

@@ -14,7 +14,7 @@ DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 def reference_theta64(scores: torch.Tensor, norm: str, tau: float) -> torch.Tensor:
-    """Θ exactly as DESIGN §1 writes it, in float64, with no epsilon."""
+    """Θ exactly as docs/design.md ("Pattention") writes it, in float64, with no epsilon."""
     a = scores.double()
     if norm == 'l2_gelu':
         return F.gelu(a / a.norm(dim=-1, keepdim=True) * tau)

@@ -20,7 +20,7 @@ SIZES = {
 
 
 def expected_params(dim, depth, attn_tokens, ffn_tokens, num_classes=1000, patch=16, in_chans=3, img=224):
-    """Counted from DESIGN §2: a Pattention with n tokens holds 2·d·n parameters, no biases."""
+    """Counted as docs/design.md ("The block") does: a Pattention with n tokens holds 2·d·n parameters, no biases."""
     patch_embed = in_chans * patch * patch * dim + dim
     embeds = dim + ((img // patch) ** 2 + 1) * dim  # cls token, position embedding
     block = 4 * 2 * dim * attn_tokens + 2 * dim * ffn_tokens  # block norms have no parameters

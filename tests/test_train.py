@@ -15,7 +15,7 @@ from PIL import Image
 
 import tokenformer_vit  # noqa: F401
 from tokenformer_vit.make_shards import make_shards
-from tokenformer_vit.train import parse_args, parse_grow_schedule, ConfigError
+from tokenformer_vit.config import ConfigError, parse_args, parse_grow_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'tokenformer_vit_tiny', '--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2',
@@ -165,6 +165,28 @@ def test_signal_mid_epoch_saves_at_a_step_and_the_resumed_run_matches(shards, tm
     assert a[0]['step'] == b[0]['step'] == 12
     for k, v in a[1].items():
         assert torch.equal(v, b[1][k]), k
+
+
+def test_restart_schedule_warms_up_again_at_growth_and_a_run_stopped_after_it_resumes_exactly(shards, tmp_path):
+    flags = ['--data-dir', shards, '--epochs', 3, '--log-every', 1, '--grow', '1:24:48', '--grow-schedule', 'restart',
+             '--warmup-epochs', 0.5, '--warmup-lr', 1e-6, '--min-lr', 1e-5]
+    train(*flags, '--output', tmp_path / 'straight')
+    proc = train(*flags, '--output', tmp_path / 'stopped', popen=dict(cwd=tmp_path))
+    for line in proc.stdout:  # after the growth at step 6 and its first epoch: stop inside epoch 2
+        if line.startswith('epoch 1: loss'):
+            break
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR2, out
+    assert 12 < weights(tmp_path / 'stopped' / 'last.pth.tar')[0]['step'] < 18
+    train(*flags, '--output', tmp_path / 'stopped')
+    a, b = weights(tmp_path / 'straight' / 'last.pth.tar'), weights(tmp_path / 'stopped' / 'last.pth.tar')
+    assert a[0]['step'] == b[0]['step'] == 18 and a[0]['scheduler']['starts'] == b[0]['scheduler']['starts'] == [0, 6]
+    for k, v in a[1].items():
+        assert torch.equal(v, b[1][k]), k
+    lr = {s['step']: s['lr'] for s in a[0]['log']['steps']}  # the rate of the step after each logged one
+    assert lr[6] < 2e-5 < 5e-4 < lr[7] < lr[8] < lr[9]  # the first schedule ends at the growth; warmup again
+    assert lr[17] < 1e-4  # and the second decays by the end of the run
 
 
 def _ddp_worker(rank, world, port, batches, result_path):
@@ -363,7 +385,7 @@ def test_fused_pattention_run_matches_the_torch_run_and_is_refused_where_it_cann
 
 def run_cli(argv, capsys):
     """train_imagenet.py's command in this process: (exit code, what it printed on stderr)."""
-    from tokenformer_vit.train import cli
+    from tokenformer_vit.cli import main as cli
     try:
         code = cli([*TINY, *map(str, argv)])
     except SystemExit as e:  # argparse's own errors
@@ -501,7 +523,7 @@ def test_a_failed_save_is_one_sentence_and_keeps_the_previous_checkpoint(shards,
     assert (out / 'last.pth.tar').read_bytes() == before
 
 
-TRAIN_CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*.yaml') if 'growth_experiment' not in p.name)
+TRAIN_CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*.yaml'))
 
 
 @pytest.mark.parametrize('config', TRAIN_CONFIGS)
@@ -516,7 +538,17 @@ def test_every_training_config_parses_and_builds_its_model(config):
         base = timm.create_model('tokenformer_vit_base', device='meta')
         assert (model.attn_tokens, model.ffn_tokens) == (576, 2304)
         assert (args.grow[-1]['attn_tokens'], args.grow[-1]['ffn_tokens']) == (base.attn_tokens, base.ffn_tokens)
-    assert args.lr or args.blr
+
+
+@pytest.mark.parametrize('config', TRAIN_CONFIGS)
+def test_every_training_config_holds_only_what_differs_from_the_defaults(config):
+    import yaml
+    from tokenformer_vit.config import build_parser
+    defaults = vars(build_parser().parse_args([]))
+    values = yaml.safe_load((REPO / 'configs' / config).read_text())
+    same = [k for k, v in values.items() if k != 'model' and (defaults[k] == v or (
+        isinstance(defaults[k], tuple) and list(defaults[k]) == v))]
+    assert not same, f'{config} repeats the defaults of {same}'
 
 
 def test_missing_shards_are_built_from_fashion_mnist_with_a_timm_readable_name(tmp_path):

@@ -1,19 +1,19 @@
-"""Checkpoints on disk: read in any of the formats we meet, written atomically."""
+"""Checkpoints on disk: read in any of the formats we meet, written atomically, and handed to timm
+(a `local-dir:` folder, the validate.py command that evaluates one)."""
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .errors import UserError
+from .errors import CheckpointError
+from .growth import GrowthError, token_counts
 
-__all__ = ['CheckpointError', 'atomic_file', 'read_checkpoint', 'save_atomic']
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
+__all__ = ['CheckpointError', 'atomic_file', 'read_checkpoint', 'save_atomic', 'recorded_model_kwargs',
+           'write_hf_dir', 'validate_command', 'validate_flags']
 
 
 def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
@@ -64,3 +64,76 @@ def save_atomic(obj: Any, path: os.PathLike) -> None:
     """torch.save through `atomic_file`."""
     with atomic_file(path) as f:
         torch.save(obj, f)
+
+
+def model_kwargs_of(state_dict: Dict[str, torch.Tensor], extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The construction arguments a state dict implies besides the token counts, with `extra` (the
+    ones no weight shape records, such as num_heads) over them."""
+    from timm.models import clean_state_dict
+    sd = clean_state_dict(state_dict)
+    proj = sd['patch_embed.proj.weight']
+    patch = proj.shape[-1]
+    grid = round((sd['pos_embed'].shape[1] - 1) ** 0.5)
+    depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
+    kwargs = dict(num_classes=sd['head.weight'].shape[0] if 'head.weight' in sd else 0, in_chans=proj.shape[1],
+                  patch_size=patch, img_size=grid * patch, depth=depth, embed_dim=proj.shape[0])
+    kwargs.update({k: v for k, v in (extra or {}).items() if k not in ('attn_tokens', 'ffn_tokens')})
+    return kwargs
+
+
+def recorded_model_kwargs(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """The create_model arguments a training job's checkpoint records (its --model-kwargs)."""
+    args = ckpt.get('args')
+    kwargs = args.get('model_kwargs') if isinstance(args, dict) else None
+    return dict(kwargs) if isinstance(kwargs, dict) else {}
+
+
+def write_hf_dir(arch: str, state_dict: Dict[str, torch.Tensor], attn_tokens: int, ffn_tokens: int,
+                 hf_dir: os.PathLike, model_kwargs: Optional[Dict[str, Any]] = None) -> None:
+    """A folder that `timm.create_model("local-dir:DIR")` rebuilds at the grown size."""
+    import timm
+    kwargs = model_kwargs_of(state_dict, model_kwargs)
+    try:
+        model = timm.create_model(arch, attn_tokens=attn_tokens, ffn_tokens=ffn_tokens, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise GrowthError(f'cannot build {arch} with {kwargs} for --hf-dir ({e}): pass the arguments it was '
+                          f'trained with as --model-kwargs, e.g. num_heads=4.') from None
+    model.load_state_dict(state_dict)
+    tmp = Path(tempfile.mkdtemp(prefix=Path(hf_dir).name + '.', dir=Path(hf_dir).resolve().parent))
+    timm.models.save_for_hf(model, str(tmp), model_args=dict(attn_tokens=attn_tokens, ffn_tokens=ffn_tokens, **kwargs))
+    if Path(hf_dir).exists():
+        shutil.rmtree(hf_dir)
+    os.replace(tmp, hf_dir)
+
+
+def validate_command(arch: Optional[str], state_dict: Dict[str, torch.Tensor], checkpoint: os.PathLike,
+                     data_dir: str = 'DATA', model_kwargs: Optional[Dict[str, Any]] = None) -> str:
+    """The command that evaluates `checkpoint` (with this state dict) with timm's validate.py;
+    `model_kwargs` are construction arguments no weight shape records (num_heads)."""
+    attn, ffn = token_counts(state_dict)
+    model_kwargs, flags = validate_flags(arch, state_dict, model_kwargs)
+    return (f'python -m tokenformer_vit.timm_script validate.py --model {arch or "ARCH"} --model-kwargs '
+            f'attn_tokens={attn} ffn_tokens={ffn}{model_kwargs}{flags} --checkpoint {checkpoint} --data-dir {data_dir}')
+
+
+def validate_flags(arch: Optional[str], state_dict: Dict[str, torch.Tensor],
+                    extra: Optional[Dict[str, Any]] = None) -> Tuple[str, str]:
+    """validate.py flags for this checkpoint's non-default shape: (model kwargs, script flags).
+
+    validate.py passes its own num_classes and in_chans to create_model, and sizes its input from
+    --img-size, so those go as its flags (on both routes), the rest as --model-kwargs.
+    """
+    kwargs = model_kwargs_of(state_dict, extra)
+    flags = ''
+    for key, flag, default in (('num_classes', '--num-classes', 1000), ('in_chans', '--in-chans', 3),
+                               ('img_size', '--img-size', 224)):
+        if kwargs[key] != default:
+            flags += f' {flag} {kwargs[key]}'
+    defaults = dict(img_size=224, patch_size=16)
+    if arch:
+        import timm
+        meta = timm.create_model(arch, device='meta')
+        defaults.update(depth=len(meta.blocks), embed_dim=meta.embed_dim, num_heads=meta.blocks[0].attn.num_heads)
+    shown = ('patch_size', 'img_size', 'depth', 'embed_dim', 'num_heads')
+    model_kwargs = ''.join(f' {k}={kwargs[k]}' for k in shown if k in kwargs and k in defaults and defaults[k] != kwargs[k])
+    return model_kwargs, flags

@@ -1,4 +1,4 @@
-"""Streaming loader over WebDataset shards (DESIGN §5): `build_loader(root, split, ...)`.
+"""Streaming loader over WebDataset shards (docs/design.md, "Shards and the loader"): `build_loader(root, split, ...)`.
 
 Training: the shard list is shuffled per epoch with a seed every rank shares, then split over
 ranks × workers; samples are shuffled in a buffer; every rank yields the same number of full
@@ -30,14 +30,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .errors import UserError
+from .errors import DataError
 from .transforms import MAX_IMAGE_PIXELS, build_eval_transform, build_train_transform, decode_rgb, seed_transform
 
-__all__ = ['DataError', 'read_info', 'ShardStream', 'build_loader']
-
-
-class DataError(UserError):
-    """Data that cannot be loaded as asked; the message names the thing and the fix."""
+__all__ = ['DataError', 'read_info', 'ShardStream', 'build_loader', 'TensorBatches']
 
 
 def read_info(root: str) -> Dict:
@@ -367,3 +363,48 @@ def build_loader(root: str, split: str, batch_size: int, training: bool, num_wor
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
                       worker_init_fn=_ignore_preemption_signals if num_workers else None)
+
+
+class TensorBatches:
+    """Batches of images held in memory, where a benchmark needs speed more than the shard loader.
+
+    uint8 N×C×H×W images and int64 labels, as the shard loader hands them to the engine. Training
+    order is reshuffled every epoch from (seed, epoch), with a random horizontal flip per image if
+    `flip`; the last partial batch is dropped. `set_epoch(epoch, skip_batches)` and
+    `batches_per_rank` are the shard loader's, so that the job's loop drives either one.
+    """
+
+    def __init__(self, images, labels, batch_size: int, training: bool = True, flip: bool = False, seed: int = 0):
+        import torch
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f'TensorBatches takes uint8 N×C×H×W images, not {images.dtype} of shape '
+                            f'{tuple(images.shape)}: convert them with (x * 255).round().to(torch.uint8).')
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.training, self.flip, self.seed = training, flip, seed
+        self.epoch, self.skip = 0, 0
+        n = len(images)
+        self.batches_per_rank = n // batch_size if training else -(-n // batch_size)
+        self.dataset = self
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    def __iter__(self):
+        import torch
+        n = len(self.images)
+        order, flips = torch.arange(n), None
+        if self.training:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=gen)
+            flips = torch.rand(n, generator=gen) < 0.5 if self.flip else None
+        for b in range(self.skip, self.batches_per_rank):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[idx]
+            if flips is not None:
+                x = torch.where(flips[b * self.batch_size:(b + 1) * self.batch_size, None, None, None], x.flip(-1), x)
+            yield x, self.labels[idx]
+        self.skip = 0
+

@@ -1,4 +1,5 @@
-"""One training epoch and one evaluation pass: the inner loops of the training job (train.py).
+"""The training loop's parts, shared by the job (train.py) and every benchmark that trains: the
+optimizer, the learning-rate schedule, the loss, one training epoch and one evaluation pass.
 
 `train_one_epoch` runs the optimizer steps of an epoch, from a given step on, and stops early at a
 step boundary when `should_stop()` says so (a preemption signal, agreed by all ranks). Each step is
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from .transforms import normalize_batch
 
-__all__ = ['seed_step', 'train_one_epoch', 'evaluate']
+__all__ = ['seed_step', 'build_optimizer', 'build_loss', 'LRSchedule', 'train_one_epoch', 'evaluate']
 
 
 def seed_step(seed: int, rank: int, step: int) -> None:
@@ -27,6 +28,73 @@ def seed_step(seed: int, rank: int, step: int) -> None:
     torch.manual_seed(s)
     np.random.seed(s)
     random.seed(s)
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
+                    device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+    """timm's AdamW: no weight decay on biases, norms, the embeddings and τ (the model's
+    `no_weight_decay`); the parameter tokens decay, as in the paper. Fused kernels on CUDA."""
+    from timm.optim import create_optimizer_v2
+    extra = dict(fused=True) if device is not None and device.type == 'cuda' else {}
+    return create_optimizer_v2(model, 'adamw', lr=lr, weight_decay=weight_decay, betas=tuple(betas), **extra)
+
+
+def build_loss(mixup_active: bool, smoothing: float) -> torch.nn.Module:
+    """Soft-target cross-entropy under mixup/cutmix (the mixed targets carry the smoothing), else
+    label-smoothed or plain cross-entropy."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    if mixup_active:
+        return SoftTargetCrossEntropy()
+    return LabelSmoothingCrossEntropy(smoothing) if smoothing else torch.nn.CrossEntropyLoss()
+
+
+class LRSchedule:
+    """timm's cosine schedule with linear warmup, stepped per optimizer step, over a run that may grow.
+
+    `continue`: one schedule over the whole run, whatever grows (the default of the job).
+    `restart`: at each growth (`grown(step)`, called by growth.grow_training_state) the warmup and
+    the cosine start again, and decay to `min_lr` by the next planned growth or the end of the run,
+    as the official code's separate training stages do. The segment ends come from the growth plan,
+    the restarts from the growths that happened: both are in the checkpoint (`state_dict`).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: float,
+                 warmup_lr: float, min_lr: float, policy: str = 'continue', planned: Iterable[int] = ()):
+        if policy not in ('continue', 'restart'):
+            raise ValueError(f"unknown schedule policy {policy!r}: use 'continue' or 'restart'")
+        self.optimizer, self.total_steps, self.policy = optimizer, int(total_steps), policy
+        self.warmup_steps, self.warmup_lr, self.min_lr = warmup_steps, warmup_lr, min_lr
+        restarts = {int(s) for s in planned if 0 < s < total_steps} if policy == 'restart' else set()
+        self.ends = sorted(restarts | {self.total_steps})
+        self.starts = [0]
+        self._segments = {}
+        self.step_update(0)
+
+    def _segment(self, start: int):
+        if start not in self._segments:
+            from timm.scheduler import CosineLRScheduler
+            end = next((e for e in self.ends if e > start), max(self.total_steps, start + 1))
+            self._segments[start] = CosineLRScheduler(
+                self.optimizer, t_initial=end - start, lr_min=self.min_lr, warmup_t=min(self.warmup_steps, end - start),
+                warmup_lr_init=self.warmup_lr, t_in_epochs=False)
+        return self._segments[start]
+
+    def step_update(self, num_updates: int, metric=None) -> None:
+        """Set the learning rate for the step after `num_updates` optimizer steps."""
+        start = max(s for s in self.starts if s <= num_updates)
+        self._segment(start).step_update(num_updates - start, metric)
+
+    def grown(self, step: int) -> None:
+        """A growth at optimizer step `step`: under `restart` a new warmup and cosine begin here."""
+        if self.policy == 'restart' and step > self.starts[-1]:
+            self.starts.append(int(step))
+            self.step_update(step)
+
+    def state_dict(self) -> Dict:
+        return dict(starts=list(self.starts), policy=self.policy)
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.starts = [int(s) for s in state.get('starts', [0])]  # a checkpoint of timm's own scheduler: [0]
 
 
 def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):

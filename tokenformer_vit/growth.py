@@ -1,6 +1,7 @@
-"""Growth in width: append parameter tokens to every Pattention of a Tokenformer-ViT.
+"""Growth in width: append parameter tokens to every Pattention of a Tokenformer-ViT, of a model,
+its optimizer, a state dict or a whole training run (docs/design.md, "Growth").
 
-DESIGN §3. In `preserve` mode the grown model computes the same function as before, to float
+In `preserve` mode the grown model computes the same function as before, to float
 rounding: the new key tokens are zero (their scores are 0, so ‖A‖ is unchanged and GeLU(0) = 0),
 τ keeps its old value, and the new value tokens are small random numbers (non-zero, so that the new
 keys receive a gradient: dL/dK_new ∝ GeLU'(0) · dY · V_newᵀ). In `paper` mode the new rows are
@@ -8,21 +9,20 @@ initialised like fresh tokens and τ is recomputed from the new count, as the of
 which changes the function.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from .errors import GrowthError
 from .pattention import Pattention
+from .tokenformer_vit import _ATTN, _FFN, TokenformerViT, token_counts
 
-__all__ = ['GROWTH_MODES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'grow_model', 'grow_optimizer']
+__all__ = ['GROWTH_MODES', 'GROW_SCHEDULES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'grow_model',
+           'grow_optimizer', 'grow_training_state', 'token_counts', 'grow_state_dict', 'grow_checkpoint']
 
 GROWTH_MODES = ('preserve', 'paper')
-
-
-class GrowthError(UserError):
-    """A growth request that cannot be carried out; the message names the fix."""
+GROW_SCHEDULES = ('continue', 'restart')  # what the learning-rate schedule does at a growth
 
 
 def _check_mode(mode: str) -> None:
@@ -90,7 +90,6 @@ def grow_model(model: nn.Module, attn_tokens: Optional[int] = None, ffn_tokens: 
     `timm.models.save_for_hf` writes them. Returns the (old, new) parameter pairs for `grow_optimizer`.
     """
     from timm.models._input import update_model_args
-    from .tokenformer_vit import TokenformerViT
 
     _check_mode(mode)
     if not isinstance(model, TokenformerViT):
@@ -143,3 +142,79 @@ def grow_optimizer(optimizer: torch.optim.Optimizer, pairs: List[Tuple[nn.Parame
                     value = torch.cat([value, fill.to(value.dtype)])
                 grown[key] = value
             optimizer.state[new] = grown
+
+
+def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens: Optional[int],
+                        mode: str = 'preserve', *, optimizer: Optional[torch.optim.Optimizer] = None,
+                        ema: Optional[nn.Module] = None, scheduler=None, step: int = 0, seed: int = 0
+                        ) -> Dict[str, Any]:
+    """Grow a training run in place, the one way the job and every experiment grow:
+
+    - the model, with new tokens drawn from `seed`;
+    - its EMA copy (timm's ModelEmaV3 or a bare module), with the same new tokens;
+    - the optimizer, whose state is carried over (`grow_optimizer`);
+    - the learning-rate schedule, told of the growth at optimizer step `step`: one built with the
+      'restart' policy (engine.LRSchedule) starts its warmup and cosine again there.
+
+    Returns the growth's record for the run's history: step, [old, new] token counts, mode.
+    """
+    old = (model.attn_tokens, model.ffn_tokens)
+    pairs = grow_model(model, attn_tokens, ffn_tokens, mode, torch.Generator().manual_seed(seed))
+    if ema is not None:
+        grow_model(getattr(ema, 'module', ema), attn_tokens, ffn_tokens, mode, torch.Generator().manual_seed(seed))
+    if optimizer is not None:
+        grow_optimizer(optimizer, pairs)
+    if scheduler is not None and hasattr(scheduler, 'grown'):
+        scheduler.grown(step)
+    return dict(step=step, attn_tokens=[old[0], model.attn_tokens], ffn_tokens=[old[1], model.ffn_tokens], mode=mode)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# state dicts (checkpoints on disk): what the grow command works on (token_counts: tokenformer_vit.py)
+
+def grow_state_dict(state_dict: Dict[str, torch.Tensor], attn_tokens: int, ffn_tokens: int, mode: str,
+                    generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    """A copy of a Tokenformer-ViT state dict with every Pattention grown (as `grow_model` does)."""
+    out = dict(state_dict)
+    for k in state_dict:
+        if _ATTN.match(k) or _FFN.match(k):
+            prefix = k[:-len('key_tokens')]
+            n = attn_tokens if _ATTN.match(k) else ffn_tokens
+            key, value, tau = grow_tokens(state_dict[k], state_dict[prefix + 'value_tokens'],
+                                          state_dict[prefix + 'tau'], n, mode, generator=generator)
+            out[k], out[prefix + 'value_tokens'], out[prefix + 'tau'] = key, value, tau
+    return out
+
+
+def grow_checkpoint(ckpt: Dict[str, Any], attn_tokens: Optional[int], ffn_tokens: Optional[int],
+                    mode: str = 'preserve', seed: int = 0, source: str = 'checkpoint') -> List[str]:
+    """Grow a checkpoint dict (timm's format, as `checkpoint.read_checkpoint` returns it) in place.
+
+    `state_dict` and `state_dict_ema` are grown with the same new tokens, their keys cleaned of DDP
+    and torch.compile prefixes so that the result loads in timm; optimizer and scaler state, whose
+    shapes no longer fit, is removed (the training job grows its optimizer in memory instead); the
+    growth is appended to `growth_history`. Returns the names of the removed entries.
+    """
+    import time
+    from timm.models import clean_state_dict
+    _check_mode(mode)
+    old_attn, old_ffn = token_counts(ckpt['state_dict'], source)
+    attn = old_attn if attn_tokens is None else int(attn_tokens)
+    ffn = old_ffn if ffn_tokens is None else int(ffn_tokens)
+    for what, old, new in (('attn_tokens', old_attn, attn), ('ffn_tokens', old_ffn, ffn)):
+        if new < old:
+            raise GrowthError(f'Cannot shrink {what} from {old} to {new}: growth only appends tokens.')
+    grown = {}
+    for key in ('state_dict', 'state_dict_ema'):
+        if isinstance(ckpt.get(key), dict):
+            state = clean_state_dict(ckpt[key])
+            token_counts(state, f'{source} [{key}]')
+            grown[key] = grow_state_dict(state, attn, ffn, mode, torch.Generator().manual_seed(seed))
+    ckpt.update(grown)  # only once every state dict has grown: a refused growth changes nothing
+    dropped = [k for k in ('optimizer', 'amp_scaler', 'scaler') if k in ckpt]
+    for k in dropped:
+        del ckpt[k]
+    event = dict(attn_tokens=[old_attn, attn], ffn_tokens=[old_ffn, ffn], mode=mode, seed=seed,
+                 epoch=ckpt.get('epoch'), time=time.strftime('%Y-%m-%dT%H:%M:%S'), source=str(source))
+    ckpt['growth_history'] = list(ckpt.get('growth_history') or []) + [event]
+    return dropped

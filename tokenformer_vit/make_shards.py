@@ -8,7 +8,7 @@ DIR holds one folder per class; the class index is the folder's rank in sorted o
 in --class-list (e.g. the 1,000 ImageNet synsets in class-index order). Each sample is KEY.jpg,
 KEY.cls (the index as ASCII) and KEY.json (original file name, class name), with keys free of dots.
 Samples are shuffled once (fixed seed) before sharding, so that a shard mixes classes. The split is
-merged into ROOT/_info.json (DESIGN §5). JPEGs that need no resizing are stored byte for byte;
+merged into ROOT/_info.json (docs/design.md, "Shards and the loader"). JPEGs that need no resizing are stored byte for byte;
 other images are converted to RGB, resized so the longer side is at most --max-side, and encoded at
 quality 95. An unreadable image is skipped, named and counted. Shards and _info.json are written to
 temporary names and renamed, so a killed or repeated run never leaves half a file behind.
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from PIL import Image
 
 from .checkpoint import atomic_file
-from .errors import UserError
+from .errors import ShardError, UserError
 from .transforms import MAX_IMAGE_PIXELS, ImageTooLarge
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
@@ -38,10 +38,6 @@ JPEG_QUALITY = 95
 
 # one sample to write: (key, class index, class name, source path or raw image, original file name)
 Item = Tuple[str, int, str, object, str]
-
-
-class ShardError(UserError):
-    """A request make_shards cannot carry out; the message names the fix."""
 
 
 def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[List[Tuple[Path, int]], List[str]]:
@@ -149,36 +145,9 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
     The class indices of every split of one `output` come from one class list, recorded once in
     _info.json: a later split is labelled with the list the first one recorded, and refused if it
     has classes that list lacks."""
-    if split not in SPLITS:
-        raise ShardError(f"Unknown split {split!r}: use 'train' or 'validation'.")
-    if shard_size < 1 or max_side < 1 or max_pixels < 1 or workers < 1:
-        raise ShardError('--shard-size, --max-side, --max-image-pixels and --workers must be positive.')
     root = Path(output)
-    if root.exists() and not root.is_dir():
-        raise ShardError(f'--output {root} is a file: pass a folder for the shards.')
-    if input != 'fashion-mnist' and Path(input).is_dir():
-        source, target = Path(input).resolve(), root.resolve()
-        if target == source or source in target.parents:
-            raise ShardError(f'--output {root} is inside --input {input}: it would become a class of its own; '
-                             f'write the shards outside the image folder.')
-    name = name or root.resolve().name
-    if '.' in name or '-' in name:
-        raise ShardError(f'Data set name {name!r} may not contain dots or dashes: pass --name.')
-    recorded = _recorded_classes(root / '_info.json', split)
-    if input == 'fashion-mnist':
-        items, classes = _fashion_mnist_items(split)
-    else:
-        files, classes = list_image_folder(Path(input), Path(class_list) if class_list else None)
-        items = [(None, label, classes[label], path, str(path.relative_to(input))) for path, label in files]
-    if recorded is not None and classes != recorded:
-        if class_list is not None or not set(c for _, _, c, _, _ in items) <= set(recorded):
-            missing = sorted(set(c for _, _, c, _, _ in items) - set(recorded))
-            raise ShardError(f'{root}/_info.json labels its other split(s) with {len(recorded)} classes, and this '
-                             f'split {"has class " + repr(missing[0]) + " that they lack" if missing else "was given another class list"}: '
-                             f'build it from folders of the same classes, or into another --output.')
-        index = {c: i for i, c in enumerate(recorded)}  # a subset of the classes: keep the recorded indices
-        items = [(key, index[c], c, src, fname) for key, _, c, src, fname in items]
-        classes = recorded
+    name = _check_request(input, split, root, name, shard_size, max_side, max_pixels, workers)
+    items, classes = _labelled_items(input, split, root, class_list)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -189,29 +158,7 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
         stale.unlink()
     jobs = [(str(root / f'{name}-{split}-{i:06d}.tar'), items[s:s + shard_size], max_side, max_pixels)
             for i, s in enumerate(range(0, len(items), shard_size))]
-
-    results = {}
-    skipped: List[str] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(items), desc=f'{name}/{split}', unit='img', file=sys.stderr)
-    # workers with default signal handlers, closed and joined, never terminated: forked inside a
-    # submitit task they would inherit its handlers, which ignore the SIGTERM that Pool.terminate sends
-    pool = Pool(workers, initializer=_default_signal_handlers) if workers > 1 else _Inline()
-    try:
-        for (shard, count, bad), job in zip(pool.imap(_write_shard, jobs), jobs):
-            results[shard] = count
-            skipped += bad
-            if bar is not None:
-                bar.update(len(job[1]))
-        pool.close()
-        pool.join()
-    except BaseException:
-        pool.terminate()
-        raise
-    if bar is not None:
-        bar.close()
+    results, skipped = _write_all(jobs, workers, f'{name}/{split}' if progress else None)
     filenames = [Path(j[0]).name for j in jobs]
     keep = set(filenames)
     for old in root.glob(f'{name}-{split}-*.tar'):
@@ -229,6 +176,71 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
     for s in skipped:
         print(f'skipped unreadable image: {s}', file=sys.stderr)
     return entry
+
+
+def _check_request(input: str, split: str, root: Path, name: Optional[str], shard_size: int, max_side: int,
+                   max_pixels: int, workers: int) -> str:
+    """Refuse what cannot be built, before anything is written; returns the data set's name."""
+    if split not in SPLITS:
+        raise ShardError(f"Unknown split {split!r}: use 'train' or 'validation'.")
+    if shard_size < 1 or max_side < 1 or max_pixels < 1 or workers < 1:
+        raise ShardError('--shard-size, --max-side, --max-image-pixels and --workers must be positive.')
+    if root.exists() and not root.is_dir():
+        raise ShardError(f'--output {root} is a file: pass a folder for the shards.')
+    if input != 'fashion-mnist' and Path(input).is_dir():
+        source, target = Path(input).resolve(), root.resolve()
+        if target == source or source in target.parents:
+            raise ShardError(f'--output {root} is inside --input {input}: it would become a class of its own; '
+                             f'write the shards outside the image folder.')
+    name = name or root.resolve().name
+    if '.' in name or '-' in name:
+        raise ShardError(f'Data set name {name!r} may not contain dots or dashes: pass --name.')
+    return name
+
+
+def _labelled_items(input: str, split: str, root: Path, class_list: Optional[os.PathLike]):
+    """(items, classes): the split's images, labelled with the class list that `root` recorded for its
+    other splits if it has one (a subset of those classes keeps their indices), else with their own."""
+    recorded = _recorded_classes(root / '_info.json', split)
+    if input == 'fashion-mnist':
+        items, classes = _fashion_mnist_items(split)
+    else:
+        files, classes = list_image_folder(Path(input), Path(class_list) if class_list else None)
+        items = [(None, label, classes[label], path, str(path.relative_to(input))) for path, label in files]
+    if recorded is None or classes == recorded:
+        return items, classes
+    if class_list is not None or not set(c for _, _, c, _, _ in items) <= set(recorded):
+        missing = sorted(set(c for _, _, c, _, _ in items) - set(recorded))
+        raise ShardError(f'{root}/_info.json labels its other split(s) with {len(recorded)} classes, and this '
+                         f'split {"has class " + repr(missing[0]) + " that they lack" if missing else "was given another class list"}: '
+                         f'build it from folders of the same classes, or into another --output.')
+    index = {c: i for i, c in enumerate(recorded)}
+    return [(key, index[c], c, src, fname) for key, _, c, src, fname in items], recorded
+
+
+def _write_all(jobs: list, workers: int, progress: Optional[str]):
+    """Write every shard, `workers` at a time: ({shard path: images written}, [skipped images])."""
+    results, skipped, bar = {}, [], None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(len(j[1]) for j in jobs), desc=progress, unit='img', file=sys.stderr)
+    # workers with default signal handlers, closed and joined, never terminated: forked inside a
+    # submitit task they would inherit its handlers, which ignore the SIGTERM that Pool.terminate sends
+    pool = Pool(workers, initializer=_default_signal_handlers) if workers > 1 else _Inline()
+    try:
+        for (shard, count, bad), job in zip(pool.imap(_write_shard, jobs), jobs):
+            results[shard] = count
+            skipped += bad
+            if bar is not None:
+                bar.update(len(job[1]))
+        pool.close()
+        pool.join()
+    except BaseException:
+        pool.terminate()
+        raise
+    if bar is not None:
+        bar.close()
+    return results, skipped
 
 
 def _default_signal_handlers() -> None:

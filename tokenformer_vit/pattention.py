@@ -22,12 +22,13 @@ is below 1e-8 relative.
 """
 import contextlib
 import math
-import os
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .triton_env import interpreting
 
 __all__ = ['Pattention', 'PATTENTION_NORMS', 'PATTENTION_IMPLS', 'set_pattention_impl', 'theta']
 
@@ -40,12 +41,6 @@ PATTENTION_IMPLS = ('auto', 'fused', 'torch')
 # The fused kernels pass the interpreter tests but have not yet been timed on a GPU, so 'auto' keeps
 # the torch path everywhere: flip this only with GPU measurements in benchmarks/results/.
 AUTO_PICKS_FUSED = False
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1), where the
-    fused path also takes CPU tensors."""
-    return os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
 
 def _inv_norm(a: torch.Tensor, tau: torch.Tensor, eps: float) -> torch.Tensor:
@@ -75,7 +70,7 @@ class _L2GeluPattention(torch.autograd.Function):
     GeLU output); this keeps one, the normalised scores Z = S·A (S = τ/√(‖A‖² + ε), one per row),
     and recomputes GeLU(Z) in backward. The row scale S is folded into the (m × d) side of the
     backward matmuls rather than applied to an (m × n) tensor, and the normalisation is a row norm
-    plus one in-place scale, not `F.rms_norm`, whose CPU kernel measured 6x slower than that pair.
+    plus one in-place scale, not `F.rms_norm`, because backward needs the row scale S itself.
     """
 
     @staticmethod

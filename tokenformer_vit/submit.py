@@ -2,7 +2,8 @@
 `debug` (in this process). One task per GPU (or per process on a CPU machine); each task sets up
 torch.distributed from submitit's environment. On preemption or timeout (SIGUSR2) every rank stops at
 the same step boundary, rank 0 saves `last.pth.tar`, then submitit requeues the job, and the requeued
-job resumes from it (train.py's Preemption does the ordering).
+job resumes from it (train.py's Preemption does the ordering). The command (cli.py) calls
+`submit`; the job never imports this module.
 
     python train_imagenet.py --config configs/tokenformer_vit_base.yaml --data-dir /data/imagenet-wds \\
         --output runs/base --submit --cluster slurm --nodes 4 --gpus-per-node 8 --partition learnlab
@@ -10,6 +11,8 @@ job resumes from it (train.py's Preemption does the ordering).
 import argparse
 import os
 from pathlib import Path
+
+from .errors import UserError
 
 __all__ = ['Trainer', 'submit']
 
@@ -41,7 +44,6 @@ def submit(args: argparse.Namespace) -> int:
     try:
         executor = submitit.AutoExecutor(folder=str(folder), cluster=args.cluster)
     except RuntimeError as e:  # submitit's "Could not detect srun": no Slurm here
-        from .errors import UserError
         raise UserError(f'--cluster {args.cluster} cannot submit from this machine ({e}): run on a login node of the '
                         f'cluster, or use --cluster local.') from None
     params = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,

@@ -12,6 +12,7 @@ paper; patch embedding, class token, position embedding, final norm and head are
 Because parameters are tokens, a model grows in width by appending parameter tokens
 (`attn_tokens=`, `ffn_tokens=` name any grown size at creation time).
 """
+import re
 from typing import Any, Dict, List, Literal, Optional, Set, Tuple, Union
 
 import torch
@@ -33,12 +34,32 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._input import update_model_args, update_model_input_size
 
+from .errors import GrowthError
 from .pattention import Pattention
 
-__all__ = ['TokenformerViT', 'TokenformerAttention', 'TokenformerBlock']
+__all__ = ['TokenformerViT', 'TokenformerAttention', 'TokenformerBlock', 'token_counts']
 
 # a leaf for torch.fx: its fast path is an autograd.Function that symbolic tracing cannot enter
 register_notrace_module(Pattention)
+
+# the key tokens of a block's attention projections and of its FFN, in a state dict (DDP's and
+# torch.compile's prefixes allowed)
+_ATTN = re.compile(r'^(?:module\.)?(?:_orig_mod\.)?blocks\.\d+\.attn\.(q|k|v|proj)\.key_tokens$')
+_FFN = re.compile(r'^(?:module\.)?(?:_orig_mod\.)?blocks\.\d+\.ffn\.key_tokens$')
+
+
+def token_counts(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint') -> Tuple[int, int]:
+    """(attn_tokens, ffn_tokens) of a Tokenformer-ViT state dict."""
+    attn = {v.shape[0] for k, v in state_dict.items() if _ATTN.match(k)}
+    ffn = {v.shape[0] for k, v in state_dict.items() if _FFN.match(k)}
+    if not attn or not ffn:
+        raise GrowthError(f'{source} is not a Tokenformer-ViT checkpoint: it has no blocks.N.attn.q.key_tokens '
+                          f'or blocks.N.ffn.key_tokens.')
+    if len(attn) > 1 or len(ffn) > 1:
+        raise GrowthError(f'{source} has Pattentions of mixed token counts ({sorted(attn)}, {sorted(ffn)}): '
+                          f'grow it with tokenformer_vit.grow_model instead.')
+    return attn.pop(), ffn.pop()
+
 
 
 class TokenformerAttention(nn.Module):
@@ -262,8 +283,6 @@ class TokenformerViT(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module's, but a checkpoint of other token counts (a grown or smaller model) is named as
         such, with the create_model arguments that build a model it fits."""
-        from .grow import token_counts
-        from .growth import GrowthError
         try:
             counts = token_counts(clean_state_dict(state_dict))
         except GrowthError:  # not a whole Tokenformer-ViT state dict: leave the checks to torch

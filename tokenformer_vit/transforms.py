@@ -1,4 +1,4 @@
-"""Image decoding and augmentation with albumentations (DESIGN §6).
+"""Image decoding and augmentation with albumentations (docs/design.md, "Augmentation").
 
 Training: RandomResizedCrop(224, scale=(0.08, 1)), horizontal flip, RandAugment (2 ops, magnitude 9,
 magnitude std 0.5, as timm's `rand-m9-mstd0.5`), optional colour jitter, normalisation with the

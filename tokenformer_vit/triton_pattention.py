@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .pattention import interpreting
+from .triton_env import interpreting
 
 __all__ = ['l2_gelu_pattention']
 

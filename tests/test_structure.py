@@ -1,0 +1,92 @@
+"""The shape of the code base that docs/design.md promises: a layered package without import
+cycles, short functions, one training path for the job and the benchmarks, and no pointers to
+documents the repository does not have."""
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / 'tokenformer_vit'
+
+
+def package_imports():
+    """{module: the package modules it imports, at the top or inside functions}."""
+    graph = {}
+    for path in PACKAGE.glob('*.py'):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split('.')[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('tokenformer_vit.'):
+                deps.add(node.module.split('.')[1])
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph, done, stack = package_imports(), set(), []
+
+    def visit(module):
+        if module in stack:
+            raise AssertionError('import cycle: ' + ' -> '.join(stack[stack.index(module):] + [module]))
+        if module in done:
+            return
+        stack.append(module)
+        for dep in graph.get(module, ()):
+            visit(dep)
+        stack.pop()
+        done.add(module)
+    for module in graph:
+        visit(module)
+    assert 'submit' not in graph['train'] and 'train' in graph['submit']  # the launcher imports the job
+
+
+def test_no_function_is_longer_than_80_lines_but_the_models_init():
+    long = []
+    for path in [*PACKAGE.glob('*.py'), REPO / 'train_imagenet.py']:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80 and not (path.name == 'tokenformer_vit.py' and node.name == '__init__'):
+                    long.append(f'{path.name}:{node.lineno} {node.name} ({lines} lines)')
+    assert not long, long
+
+
+def test_no_benchmark_trains_with_an_optimizer_or_loop_of_its_own():
+    speed_only = {'bench_model.py', 'bench_pattention.py'}  # time single steps on random data, report no accuracy
+    trainers = []
+    for path in sorted((REPO / 'benchmarks').glob('*.py')):
+        text = path.read_text()
+        if path.name in speed_only:
+            continue
+        assert not re.search(r'torch\.optim\.|create_optimizer|\.step\(\)', text), f'{path.name} steps an optimizer'
+        if re.search(r'\btrain_epoch\(|\btrain_and_test\(', text):
+            trainers.append(path.name)
+    assert {'growth_experiment.py', 'growth_loss.py', 'bench_init.py'} <= set(trainers), trainers
+
+
+def test_nothing_outside_docs_points_to_a_design_document_the_repository_lacks():
+    found = subprocess.run(['git', 'grep', '-n', 'DESIGN §', '--', ':!docs'], cwd=REPO, capture_output=True,
+                           text=True).stdout
+    assert found == '', found
+
+
+def test_every_results_file_the_docs_name_is_committed():
+    import fnmatch
+    tracked = set(subprocess.run(['git', 'ls-files'], cwd=REPO, capture_output=True, text=True).stdout.split())
+    missing = []
+    for doc in [REPO / 'README.md', *(REPO / 'docs').glob('*.md')]:
+        for name in re.findall(r'benchmarks/results/[\w.\-{},*]+', doc.read_text()):
+            stem, _, exts = name.rstrip('.,').partition('{')
+            rest = exts.partition('}')
+            names = [stem + e + rest[2] for e in rest[0].split(',')] if exts else [stem]
+            missing += [f'{doc.name}: {n}' for n in names if not fnmatch.filter(tracked, n)]
+    assert not missing, missing
+
+
+def test_the_readme_is_a_newcomers_page_of_at_most_200_lines():
+    text = (REPO / 'README.md').read_text()
+    assert len(text.splitlines()) <= 200
+    for doc in re.findall(r'\]\((docs/[\w.\-]+)\)', text):
+        assert (REPO / doc).is_file(), doc

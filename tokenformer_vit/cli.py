@@ -1,0 +1,32 @@
+"""The `train_imagenet.py` command: parse the flags, then run the job here or submit it.
+
+The launcher (submit.py) imports the job (train.py), never the reverse. A `UserError` from either,
+a bad flag, file, checkpoint or data set, ends as one sentence on stderr and exit code 2.
+"""
+import sys
+from typing import List, Optional
+
+from .config import parse_args
+from .errors import UserError
+
+__all__ = ['main']
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.submit:
+            from .submit import submit
+            return submit(args)
+        from .train import main as train
+        return train(args)
+    except UserError as e:
+        message = str(e)
+        if 'Original Traceback' in message:  # raised in a DataLoader worker: its own sentence is the last line
+            message = message.strip().splitlines()[-1].split(': ', 1)[-1]
+        print(f'error: {message}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The training job's flags: argparse, a YAML config of flag defaults, and their checks.
+
+A YAML config sets the flags' defaults (keys are the flags' names with underscores); flags override
+it. Every value, from a flag or the file alike, is checked here, before any work starts: a bad one
+is one sentence and exit code 2.
+"""
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .errors import ConfigError
+from .growth import GROWTH_MODES, GROW_SCHEDULES
+from .pattention import PATTENTION_IMPLS
+from .transforms import MAX_IMAGE_PIXELS
+
+__all__ = ['ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'job_args']
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is its one sentence and exit code 2, without the 30-line usage."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from timm.utils import ParseKwargs
+    p = _Parser(description='Train a Tokenformer-ViT on WebDataset shards.',
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--config', default=None, help='YAML file of flag defaults (keys: flag names with underscores)')
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default='tokenformer_vit_base_pm', help='a timm model name')
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                   help='extra create_model arguments, e.g. attn_tokens=576 ffn_tokens=2304 depth=6')
+    g.add_argument('--img-size', type=int, default=None, help='input size (default: the model\'s)')
+    g.add_argument('--num-classes', type=int, default=None, help='default: from the shards\' _info.json')
+    g.add_argument('--drop-path', type=float, default=0.1)
+    g.add_argument('--initial-checkpoint', default=None,
+                   help='start from this (smaller) Tokenformer-ViT checkpoint, grown to the model\'s token counts')
+    g.add_argument('--grow', default=None,
+                   help='growth schedule: "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." grows at the start of EPOCH (0-based)')
+    g.add_argument('--grow-mode', default='preserve', choices=GROWTH_MODES,
+                   help='preserve: the grown model computes the same function; paper: new random keys, τ = √n')
+    g.add_argument('--grow-schedule', default='continue', choices=GROW_SCHEDULES,
+                   help='the learning rate at a growth: continue the one schedule, or restart warmup and cosine '
+                        '(to the next growth or the end), as the official code\'s training stages do')
+    g.add_argument('--pattention-impl', default='auto', choices=PATTENTION_IMPLS,
+                   help="Pattention's implementation: 'fused' Triton kernels (CUDA, opt-in until measured), "
+                        "'torch', or 'auto' (torch for now)")
+    g = p.add_argument_group('data')
+    g.add_argument('--data-dir', default=None, help='folder of WebDataset shards with _info.json')
+    g.add_argument('--shards-from', default=None, choices=['fashion-mnist'],
+                   help='build --data-dir from this source if it has no _info.json')
+    g.add_argument('--train-split', default='train')
+    g.add_argument('--val-split', default='validation')
+    g.add_argument('--workers', type=int, default=8, help='data loader workers per process')
+    g.add_argument('--scale', type=float, nargs=2, default=(0.08, 1.0), help='RandomResizedCrop area range')
+    g.add_argument('--rand-augment', action=argparse.BooleanOptionalAction, default=True, help='rand-m9-mstd0.5')
+    g.add_argument('--color-jitter', type=float, default=0.0)
+    g.add_argument('--reprob', type=float, default=0.25, help='random erasing probability')
+    g.add_argument('--crop-pct', type=float, default=None, help='evaluation crop (default: the model\'s)')
+    g.add_argument('--mixup', type=float, default=0.8)
+    g.add_argument('--cutmix', type=float, default=1.0)
+    g.add_argument('--smoothing', type=float, default=0.1)
+    g.add_argument('--max-image-pixels', type=int, default=MAX_IMAGE_PIXELS,
+                   help='skip (and count) images larger than this many pixels instead of decoding them')
+    g = p.add_argument_group('optimization')
+    g.add_argument('--epochs', type=int, default=300)
+    g.add_argument('--batch-size', type=int, default=128, help='per device')
+    g.add_argument('--lr', type=float, default=None, help='absolute learning rate (default: --blr x global batch / 256)')
+    g.add_argument('--blr', type=float, default=1e-4, help='learning rate per 256 images')
+    g.add_argument('--min-lr', type=float, default=1e-6)
+    g.add_argument('--warmup-lr', type=float, default=1e-6)
+    g.add_argument('--warmup-epochs', type=float, default=20)
+    g.add_argument('--weight-decay', type=float, default=0.3)
+    g.add_argument('--opt-betas', type=float, nargs=2, default=(0.9, 0.95))
+    g.add_argument('--clip-grad', type=float, default=None)
+    g.add_argument('--ema-decay', type=float, default=0.9999, help='0 disables the EMA')
+    g.add_argument('--amp', default=None, choices=['bf16', 'fp16', 'none'], help='default: bf16 on CUDA, none on CPU')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model')
+    g = p.add_argument_group('run')
+    g.add_argument('--output', default=None, help='run folder: checkpoints, logs; a rerun resumes from it')
+    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    g.add_argument('--eval-only', action='store_true', help='evaluate the resumed or initial checkpoint and stop')
+    g.add_argument('--overwrite', action='store_true',
+                   help='start afresh in an --output that holds results but no last.pth.tar to resume from')
+    g.add_argument('--save-every-epochs', type=int, default=0, help='also keep checkpoint-EPOCH.pth.tar every N epochs')
+    g.add_argument('--save-every-steps', type=int, default=0, help='also save last.pth.tar every N steps')
+    g.add_argument('--log-every', type=int, default=20, help='steps between loss points in the logs')
+    g.add_argument('--tensorboard', action='store_true', help='also write TensorBoard events to OUTPUT/tb')
+    g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bar on rank 0')
+    g = p.add_argument_group('submitit (with --submit)')
+    g.add_argument('--submit', action='store_true', help='submit the job through submitit instead of running it')
+    g.add_argument('--cluster', default='slurm', choices=['slurm', 'local', 'debug'])
+    g.add_argument('--nodes', type=int, default=1)
+    g.add_argument('--gpus-per-node', type=int, default=1)
+    g.add_argument('--tasks-per-node', type=int, default=None, help='default: --gpus-per-node (processes, on a CPU machine)')
+    g.add_argument('--cpus-per-task', type=int, default=10)
+    g.add_argument('--mem-gb', type=int, default=None)
+    g.add_argument('--partition', default=None)
+    g.add_argument('--timeout-min', type=int, default=60 * 72)
+    g.add_argument('--job-dir', default=None, help='submitit\'s folder (default: OUTPUT/submitit)')
+    return p
+
+
+def parse_grow_schedule(value) -> List[Dict[str, Any]]:
+    """[{'epoch', 'attn_tokens', 'ffn_tokens', 'mode'}] from "E:A:F[:MODE],..." or a YAML list of
+    such strings or of dicts; ordered by epoch, each growing on the one before."""
+    if not value:
+        return []
+    items = value.split(',') if isinstance(value, str) else list(value)
+    events = []
+    for item in items:
+        try:
+            if isinstance(item, dict):
+                e = dict(epoch=int(item['epoch']), attn_tokens=int(item['attn_tokens']),
+                         ffn_tokens=int(item['ffn_tokens']), mode=item.get('mode'))
+            else:
+                parts = str(item).strip().split(':')
+                if len(parts) not in (3, 4):
+                    raise ValueError
+                e = dict(epoch=int(parts[0]), attn_tokens=int(parts[1]), ffn_tokens=int(parts[2]),
+                         mode=parts[3] if len(parts) == 4 else None)
+        except (KeyError, ValueError, TypeError):
+            raise ConfigError(f'--grow entry {item!r} is not EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE], '
+                              f'e.g. --grow 150:768:3072.') from None
+        if e['mode'] is not None and e['mode'] not in GROWTH_MODES:
+            raise ConfigError(f'--grow entry {item!r}: unknown mode {e["mode"]!r}; use one of {", ".join(GROWTH_MODES)}.')
+        events.append(e)
+    events.sort(key=lambda e: e['epoch'])
+    for a, b in zip(events, events[1:]):
+        if a['epoch'] == b['epoch'] or b['attn_tokens'] < a['attn_tokens'] or b['ffn_tokens'] < a['ffn_tokens']:
+            raise ConfigError(f'--grow events must be at different epochs and never shrink: {a} then {b}.')
+    return events
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Flags over the --config file's values over the defaults; unknown keys and flags are errors."""
+    parser = build_parser()
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('--config', default=None)
+    known, _ = config_parser.parse_known_args(argv)
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            parser.error(f'config file {path} does not exist: pass an existing YAML file to --config.')
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            parser.error(f'config file {path} is not valid YAML ({e.__class__.__name__}): fix its syntax.')
+        if not isinstance(cfg, dict):
+            parser.error(f'config file {path} must be a mapping of flag names to values.')
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(set(cfg) - set(actions))
+        if unknown:
+            parser.error(f'config file {path} has unknown key(s) {", ".join(unknown)}: keys are the flags\' '
+                         f'names with underscores (see --help); fix or remove them.')
+        for key, value in cfg.items():
+            problem = _config_value_problem(actions[key], value)
+            if problem:
+                parser.error(f'config file {path}: {key}: {value!r} {problem}.')
+        parser.set_defaults(**cfg)
+    args = parser.parse_args(argv)
+    try:
+        args.grow = parse_grow_schedule(args.grow)
+        _check_values(args)
+    except ConfigError as e:
+        parser.error(str(e))
+    if args.output is None:
+        parser.error('--output is required: the run folder for checkpoints and logs (a rerun resumes from it).')
+    if args.data_dir is None:
+        parser.error('--data-dir is required: a folder of WebDataset shards (python -m tokenformer_vit.make_shards).')
+    return args
+
+
+def _config_value_problem(action: argparse.Action, value) -> Optional[str]:
+    """What is wrong with a YAML value for this flag, checked as argparse checks the flag: type,
+    number of values, choices; None when it is fine."""
+    if value is None or action.dest in ('config', 'grow', 'model_kwargs'):
+        if action.dest == 'model_kwargs' and value is not None and not isinstance(value, dict):
+            return 'must be a mapping of create_model arguments, e.g. {depth: 6}'
+        if action.dest == 'grow' and value is not None and not isinstance(value, (str, list)):
+            return 'must be a string "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." or a list of them'
+        return None
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        return None if isinstance(value, bool) else 'must be true or false'
+    values = value if isinstance(value, (list, tuple)) else None
+    if isinstance(action.nargs, int) or action.nargs in ('*', '+'):
+        if values is None or (isinstance(action.nargs, int) and len(values) != action.nargs):
+            count = action.nargs if isinstance(action.nargs, int) else 'one or more'
+            return f'must be a list of {count} values'
+    elif values is not None:
+        return 'must be a single value, not a list'
+    for v in values if values is not None else [value]:
+        if isinstance(v, str) and action.type in (int, float):
+            try:  # YAML reads 1e-3 as a string; argparse converts string defaults, so it is fine
+                v = action.type(v)
+            except ValueError:
+                pass
+        if action.type is int and (isinstance(v, bool) or not isinstance(v, int)):
+            return 'must be a whole number'
+        if action.type is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return 'must be a number'
+        if action.type is None and not isinstance(v, str):
+            return 'must be a string'
+        if action.choices is not None and v not in action.choices:
+            return f'must be one of {", ".join(map(str, action.choices))}'
+    return None
+
+
+# (flag, the smallest value allowed, whether that value itself is allowed): checked for flags and YAML alike
+_RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr', 0, False), ('min_lr', 0, True),
+           ('warmup_lr', 0, True), ('warmup_epochs', 0, True), ('weight_decay', 0, True), ('workers', 0, True),
+           ('drop_path', 0, True), ('smoothing', 0, True), ('mixup', 0, True), ('cutmix', 0, True),
+           ('reprob', 0, True), ('ema_decay', 0, True), ('save_every_epochs', 0, True),
+           ('save_every_steps', 0, True), ('log_every', 1, True), ('nodes', 1, True), ('gpus_per_node', 0, True),
+           ('tasks_per_node', 1, True), ('cpus_per_task', 1, True), ('timeout_min', 1, True),
+           ('num_classes', 1, True), ('img_size', 1, True), ('max_image_pixels', 1, True), ('crop_pct', 0, False),
+           ('clip_grad', 0, False), ('color_jitter', 0, True))
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """Ranges and consistency of the flags (from the command line or the config alike)."""
+    for key, low, inclusive in _RANGES:
+        value = getattr(args, key, None)
+        if value is not None and (value < low or (value == low and not inclusive)):
+            bound = f'at least {low}' if inclusive else f'more than {low}'
+            raise ConfigError(f'--{key.replace("_", "-")} is {value}: it must be {bound}.')
+    import timm
+    if not timm.is_model(args.model):
+        raise ConfigError(f'--model {args.model} is not a timm model: see timm.list_models("tokenformer*") for ours.')
+    if not all(0 <= b < 1 for b in args.opt_betas):
+        raise ConfigError(f'--opt-betas {" ".join(map(str, args.opt_betas))}: each beta must be in [0, 1).')
+    if not 0 < args.scale[0] <= args.scale[1] <= 1:
+        raise ConfigError(f'--scale {args.scale[0]} {args.scale[1]}: pass MIN MAX with 0 < MIN <= MAX <= 1.')
+    if args.initial_checkpoint and not Path(args.initial_checkpoint).is_file():
+        raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
+    if not 0 <= args.ema_decay < 1:
+        raise ConfigError(f'--ema-decay is {args.ema_decay}: use a decay in [0, 1) (0 disables the EMA).')
+    for event in args.grow:
+        if event['epoch'] >= args.epochs:
+            raise ConfigError(f'--grow at epoch {event["epoch"]} never happens in a run of --epochs {args.epochs} '
+                              f'(epochs count from 0): grow earlier or train longer.')
+
+
+def job_args(**values) -> argparse.Namespace:
+    """The job's flags with their defaults, `values` over them, checked as parse_args checks them:
+    how benchmarks and tests speak the job's schema without a command line."""
+    parser = build_parser()
+    actions = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - actions)
+    if unknown:
+        raise ConfigError(f'unknown job flag(s) {", ".join(unknown)}: use the flags\' names with underscores.')
+    args = parser.parse_args([])
+    for key, value in values.items():
+        setattr(args, key, tuple(value) if isinstance(value, list) and key in ('scale', 'opt_betas') else value)
+    args.grow = parse_grow_schedule(args.grow)
+    _check_values(args)
+    return args
