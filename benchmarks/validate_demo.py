@@ -30,6 +30,8 @@ def validate(command: str, timm_src: Path) -> float:
     argv = shlex.split(command)
     argv[argv.index('validate.py')] = str(timm_src / 'validate.py')
     argv[0] = sys.executable
+    if not torch.cuda.is_available():  # validate.py runs on cuda unless told
+        argv += ['--device', 'cpu']
     out = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
     match = re.search(r'Acc@1 ([\d.]+)', out.stdout + out.stderr)
     if out.returncode or not match:

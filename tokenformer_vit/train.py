@@ -664,6 +664,8 @@ def finish_message(job: Job, run: Run, tb) -> None:
     data_flags = f'--dataset wds/{job.info.get("name", "NAME")} --split {args.val_split}'
     if args.crop_pct:
         data_flags += f' --crop-pct {args.crop_pct}'
+    if job.device.type != 'cuda':  # validate.py runs on cuda unless told
+        data_flags += f' --device {job.device.type}'
     command = (validate_command(args.model, run.model.state_dict(), out / 'last.pth.tar', args.data_dir,
                                 model_kwargs=dict(args.model_kwargs))
                if hasattr(run.model, 'attn_tokens') else
