@@ -22,11 +22,14 @@ not counted), times the images seen at that size; a grown run's count includes a
 
     python benchmarks/growth_experiment.py [--quick] [--seeds 0,1,2] [--strategies scratch,preserve+continue]
         [--jobs N] [--output benchmarks/results]          # writes growth_vs_scratch.json and .png
+        # every finished run is also kept in OUTPUT/growth_runs/ (--cache): a rerun, or a study
+        # stopped half-way and started again, reads those instead of training them again
     python benchmarks/growth_experiment.py --convergence [--seeds 0]
         # every size from scratch for each of `convergence_factors` times its scratch_epochs (half and
         # twice): writes growth_convergence.json, how far each size's schedule is from convergence
 """
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -134,11 +137,31 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _execute(task: tuple) -> dict:
+def _execute(task: tuple, cache=None) -> dict:
     """One run, in this process or a worker: (cfg, sizes_flops, strategy, seed, epochs, size). Every
-    run seeds itself, so its numbers do not depend on which process runs it or when."""
+    run seeds itself, so its numbers do not depend on which process runs it or when. With a cache
+    folder the finished run is also written there, so that an interrupted study keeps it."""
     cfg, sizes_flops, strategy, seed, epochs, size = task
-    return run_one(cfg, _data(), sizes_flops, strategy, seed, epochs, size)
+    log = run_one(cfg, _data(), sizes_flops, strategy, seed, epochs, size)
+    if cache is not None:
+        path = _cache_path(cache, task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix('.tmp')
+        tmp.write_text(json.dumps(dict(log, cpu=_cpu(), threads=torch.get_num_threads()), indent=1))
+        os.replace(tmp, path)
+    return log
+
+
+def _cache_path(cache: Path, task: tuple) -> Path:
+    """Where a run's log is kept: named by the run, in a folder named by everything else that
+    decides its numbers (the config but its seeds, and the torch threads per run)."""
+    import hashlib
+    cfg, _, strategy, seed, epochs, size = task
+    setting = {k: v for k, v in cfg.items() if k not in ('seeds', 'convergence_factors')}
+    key = json.dumps(dict(setting, threads=torch.get_num_threads()), sort_keys=True)
+    folder = hashlib.sha256(key.encode()).hexdigest()[:12]
+    size = size or cfg['sizes'][-1]
+    return Path(cache) / folder / f'{strategy}-{size[0]}x{size[1]}-{epochs or sum(cfg["ladder_epochs"])}ep-seed{seed}.json'
 
 
 def _cost(task: tuple) -> float:
@@ -149,30 +172,52 @@ def _cost(task: tuple) -> float:
     return sum(e * (0.7 + 0.3 * sizes_flops[tuple(s)] / top) for s, e in stages)
 
 
-def execute_all(tasks: list, jobs: int, threads: int, t0: float) -> list:
+def execute_all(tasks: list, jobs: int, threads: int, t0: float, cache=None) -> list:
     """Run every task, `jobs` at a time in worker processes of `threads` torch threads each (in this
-    process when jobs is 1); the logs come back in the order of `tasks`."""
+    process when jobs is 1); the logs come back in the order of `tasks`. A task whose log the cache
+    folder holds, for the same settings, is read from there instead of trained again."""
     def report(log):
         print(f'seed {log["seed"]} {log["strategy"]} {log["size"][0]}/{log["size"][1]}, {log["epochs"]} epochs: '
               f'{log["points"][-1]["top1"]:.2f}%  ({log["seconds"]:.0f} s, {time.time() - t0:.0f} s so far)',
               flush=True)
         return log
-    jobs = min(jobs, len(tasks))
+    logs = [None] * len(tasks)
+    with _threads(threads):  # the cache key holds the runs' thread count
+        for i, task in enumerate(tasks):
+            path = _cache_path(cache, task) if cache is not None else None
+            if path is not None and path.is_file():
+                logs[i] = dict(json.loads(path.read_text()), cached=str(path.relative_to(cache)))
+    todo = [i for i in range(len(tasks)) if logs[i] is None]
+    if cache is not None:
+        print(f'{len(tasks) - len(todo)} of {len(tasks)} runs read from {cache}', flush=True)
+    jobs = min(jobs, len(todo))
     if jobs <= 1:
-        return [report(_execute(t)) for t in tasks]
+        for i in todo:
+            with _threads(threads):
+                logs[i] = report(_execute(tasks[i], cache))
+        return logs
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
-    logs = [None] * len(tasks)
-    order = sorted(range(len(tasks)), key=lambda i: -_cost(tasks[i]))
+    order = sorted(todo, key=lambda i: -_cost(tasks[i]))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn'),
                              initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_execute, tasks[i]): i for i in order}
+        futures = {pool.submit(_execute, tasks[i], cache): i for i in order}
         for future in as_completed(futures):
             logs[futures[future]] = report(future.result())
     return logs
 
 
-def run_convergence(cfg, sizes_flops, jobs, threads, t0) -> dict:
+@contextlib.contextmanager
+def _threads(n: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_convergence(cfg, sizes_flops, jobs, threads, t0, cache=None) -> dict:
     """Every size from scratch for each of `convergence_factors` times its scratch schedule, and each
     size's final top-1 per length in epochs (mean over seeds): how far the scratch schedules are from
     convergence."""
@@ -180,7 +225,7 @@ def run_convergence(cfg, sizes_flops, jobs, threads, t0) -> dict:
                for size, e in zip(cfg['sizes'], cfg['scratch_epochs'])}
     tasks = [(cfg, sizes_flops, 'scratch', seed, epochs, tuple(size))
              for seed in cfg['seeds'] for size in cfg['sizes'] for epochs in lengths[tuple(size)]]
-    runs = execute_all(tasks, jobs, threads, t0)
+    runs = execute_all(tasks, jobs, threads, t0, cache)
     table = {}
     for size in cfg['sizes']:
         table[f'{size[0]}/{size[1]}'] = {
@@ -271,6 +316,9 @@ def parse(argv):
     p.add_argument('--strategies', default=','.join(STRATEGIES), help=f'which of {", ".join(STRATEGIES)} to run')
     p.add_argument('--jobs', type=int, default=None,
                    help='runs trained at once, each in its own process (default: one per CPU core, at most one per run)')
+    p.add_argument('--cache', default=None,
+                   help='folder that keeps every finished run, so that an interrupted study resumes where it stopped '
+                        '(default: OUTPUT/growth_runs; "none" to keep nothing)')
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads per run (default 1: the numbers then do not depend on the machine\'s cores)')
     args = p.parse_args(argv)
@@ -290,6 +338,7 @@ def parse(argv):
                          f'scratch (the runs the ladders are compared against).')
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     args.jobs = args.jobs if args.jobs is not None else cores
+    args.cache = None if args.cache == 'none' else Path(args.cache or Path(args.output) / 'growth_runs')
     if args.jobs < 1 or args.threads < 1:
         raise SystemExit(f'--jobs {args.jobs} --threads {args.threads}: both must be at least 1.')
     return args, cfg
@@ -314,7 +363,7 @@ def _main(args, cfg) -> int:
     t0 = time.time()
     meta = dict(config=cfg, jobs=args.jobs, threads=args.threads, torch=torch.__version__, cpu=_cpu())
     if args.convergence:
-        result = dict(run_convergence(cfg, sizes_flops, args.jobs, args.threads, t0), **meta,
+        result = dict(run_convergence(cfg, sizes_flops, args.jobs, args.threads, t0, args.cache), **meta,
                       wall_seconds=time.time() - t0)
         (out / f'{name}.json').write_text(json.dumps(result, indent=1))
         print(f'\nfinal test top-1 % (mean over seeds {cfg["seeds"]}) at each schedule length')
@@ -328,7 +377,7 @@ def _main(args, cfg) -> int:
     for seed in cfg['seeds']:
         tasks += [(cfg, sizes_flops, 'scratch', seed, e, tuple(s)) for s, e in zip(cfg['sizes'], cfg['scratch_epochs'])]
         tasks += [(cfg, sizes_flops, s, seed, 0, None) for s in args.strategies if s != 'scratch']
-    runs = execute_all(tasks, args.jobs, args.threads, t0)
+    runs = execute_all(tasks, args.jobs, args.threads, t0, args.cache)
     summary = summarize(cfg, runs)
     result = dict(meta, train_flops_per_image={f'{a}/{b}': f for (a, b), f in sizes_flops.items()},
                   summary=summary, runs=runs, wall_seconds=time.time() - t0)

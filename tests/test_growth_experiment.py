@@ -145,3 +145,26 @@ def test_fewer_evaluations_leave_the_training_unchanged():
     assert [p['flops'] for p in every_epoch['points']] == [4 * 128 * k for k in range(1, 7)]
     assert [p['flops'] for p in sparse['points']] == [4 * 128 * 3, 4 * 128 * 6]  # every 3rd epoch
     assert [p['top1'] for p in sparse['points']] == [every_epoch['points'][i]['top1'] for i in (2, 5)]
+
+
+def test_a_rerun_reads_every_finished_run_from_the_cache_and_another_setting_trains_afresh(quick, tmp_path, capsys):
+    import growth_experiment
+    result, out = quick
+    capsys.readouterr()
+    assert growth_experiment.main(['--quick', '--jobs', '2', '--output', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f'{len(result["runs"])} of {len(result["runs"])} runs read from' in printed
+    again = json.loads((out / 'growth_vs_scratch_quick.json').read_text())
+    assert again['summary'] == result['summary']
+    assert all(r['cached'] for r in again['runs'])
+    # a study stopped half-way keeps its finished runs: here one seed's, then all three seeds
+    cache = tmp_path / 'cache'
+    assert growth_experiment.main(['--quick', '--seeds', '0', '--strategies', 'scratch', '--output', str(tmp_path),
+                                   '--cache', str(cache)]) == 0
+    capsys.readouterr()
+    assert growth_experiment.main(['--quick', '--seeds', '0,1', '--strategies', 'scratch', '--output', str(tmp_path),
+                                   '--cache', str(cache), '--threads', '2']) == 0
+    assert '0 of 6 runs read' in capsys.readouterr().out  # another thread count: another setting
+    assert growth_experiment.main(['--quick', '--seeds', '0,1', '--strategies', 'scratch', '--output', str(tmp_path),
+                                   '--cache', str(cache)]) == 0
+    assert '3 of 6 runs read' in capsys.readouterr().out
