@@ -46,6 +46,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_mnist_tensors import MEAN, STD, load_tensors, test_top1  # noqa: E402
 
+from tokenformer_vit.checkpoint import atomic_file  # noqa: E402
 from tokenformer_vit.config import job_args  # noqa: E402
 from tokenformer_vit.data import TensorBatches  # noqa: E402
 from tokenformer_vit.growth import GROW_SCHEDULES, GROWTH_MODES  # noqa: E402
@@ -144,11 +145,8 @@ def _execute(task: tuple, cache=None) -> dict:
     cfg, sizes_flops, strategy, seed, epochs, size = task
     log = run_one(cfg, _data(), sizes_flops, strategy, seed, epochs, size)
     if cache is not None:
-        path = _cache_path(cache, task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix('.tmp')
-        tmp.write_text(json.dumps(dict(log, cpu=_cpu(), threads=torch.get_num_threads()), indent=1))
-        os.replace(tmp, path)
+        with atomic_file(_cache_path(cache, task), 'w') as f:
+            json.dump(dict(log, cpu=_cpu(), threads=torch.get_num_threads()), f, indent=1)
     return log
 
 
@@ -345,15 +343,12 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
-    previous = torch.get_num_threads()
-    try:
-        return _main(*parse(argv))
-    finally:  # --threads is for the runs, not for whoever called main()
-        torch.set_num_threads(previous)
+    args, cfg = parse(argv)
+    with _threads(args.threads):  # --threads is for the runs, not for whoever called main()
+        return _main(args, cfg)
 
 
 def _main(args, cfg) -> int:
-    torch.set_num_threads(args.threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     name = ('growth_convergence' if args.convergence else 'growth_vs_scratch') + ('_quick' if args.quick else '')

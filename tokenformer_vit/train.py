@@ -326,7 +326,8 @@ class Run:
                                       ffn_tokens=getattr(model, 'ffn_tokens', None)))
 
     def load(self, resume: Dict) -> None:
-        """Continue from a checkpoint's optimizer, scaler, schedule, step, best metric and log."""
+        """Continue from a checkpoint's optimizer, scaler, schedule, step, best metric and log (its
+        growth history comes with the model, from build_model)."""
         if resume.get('optimizer'):
             self.optimizer.load_state_dict(resume['optimizer'])
         if self.scaler is not None and resume.get('scaler'):
@@ -335,7 +336,6 @@ class Run:
             self.scheduler.load_state_dict(resume['scheduler'])
         self.step, self.best = int(resume['step']), resume.get('metric')
         self.log = resume.get('log') or self.log
-        self.growth_history = list(resume.get('growth_history') or [])
 
 
 def build_model(args, num_classes: int, resume: Optional[Dict] = None, source: str = 'checkpoint'):
