@@ -268,6 +268,18 @@ def test_growth_keeps_the_fused_path_and_the_function():
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
+def test_block_sizes_are_plain_integers_when_compile_makes_the_token_count_symbolic():
+    # On an H200, inductor failed on autotune configs whose BLOCK_M came from a symbolic n
+    # (NameError: BitwiseFn_bitwise_or): the block sizes must be ints, with a guard on n instead.
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    env = ShapeEnv()
+    n = env.create_symintnode(env.create_symbol(3000, ConstantSource('n')), hint=3000)
+    block_n, one_tile = tp._block_n(n)
+    assert type(block_n) is int and block_n == 4096 and one_tile is True
+    assert any('3000' in str(g.expr) for g in env.guards), env.guards
+
+
 COMPILE_FOR_HOPPER = """
 import sys, triton
 from triton.backends.compiler import GPUTarget

@@ -139,7 +139,11 @@ def _l2_gelu_bwd_kernel(DH, A, S, TAU, DA, H, M, N, stride_dh, stride_a, stride_
 
 
 def _block_n(n: int) -> Tuple[int, bool]:
-    """Columns per program step, and whether that holds the whole row."""
+    """Columns per program step, and whether that holds the whole row.
+
+    Under torch.compile n can arrive symbolic; int() specializes it (one guard per token count), so
+    that the block sizes and the autotune configs derived from them are plain integers."""
+    n = int(n)
     block = min(triton.next_power_of_2(n), MAX_BLOCK_N)
     return block, block >= n
 
