@@ -394,3 +394,72 @@ def test_a_label_outside_the_model_classes_stops_the_loader_with_one_sentence(tm
     res = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and 'has label 2, outside the 2 classes of the model' in res.stdout, res.stderr
     assert 'Traceback' not in res.stderr, res.stderr
+
+
+CIFAR = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+
+
+def fake_cifar10_batches(root, per_split=(12, 6), seed=0):
+    """torchvision's cifar-10-batches-py layout: pickled dicts of CHW rows and labels."""
+    import pickle
+    rng = np.random.default_rng(seed)
+    folder = root / 'cifar-10-batches-py'
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, n, names in (('train', per_split[0], [f'data_batch_{i}' for i in range(1, 6)]),
+                            ('test', per_split[1], ['test_batch'])):
+        data = rng.integers(0, 256, (n * len(names), 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n * len(names)).tolist()
+        arrays[split] = data, labels
+        for i, name in enumerate(names):
+            with open(folder / name, 'wb') as f:
+                pickle.dump({b'data': data[i * n:(i + 1) * n], b'labels': labels[i * n:(i + 1) * n]}, f)
+    return arrays
+
+
+def test_cifar10_image_folders_load_in_the_official_class_order_and_shard_byte_for_byte(tmp_path, monkeypatch):
+    print('seed 0')
+    for split in ('train', 'test'):
+        image_folder(tmp_path / 'c10' / 'cifar10' / split, classes=CIFAR[::-1], per_class=2, size=(32, 32))
+    monkeypatch.setenv('CIFAR10_ROOT', str(tmp_path / 'c10'))  # the tarball's top folder is found inside
+    from tokenformer_vit.cifar10 import load_cifar10
+    images, labels = load_cifar10('test')
+    assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [c for c in range(10) for _ in range(2)]
+    entry = make_shards('cifar10', 'validation', tmp_path / 'shards', shard_size=8, workers=1, progress=False)
+    assert entry['num_samples'] == 20 and entry['num_classes'] == 10
+    for name in entry['filenames']:
+        with tarfile.open(tmp_path / 'shards' / name) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for key in {n.split('.', 1)[0] for n in members}:
+            meta = json.loads(members[f'{key}.json'])
+            assert CIFAR.index(meta['class']) == int(members[f'{key}.cls'])
+            _, split, cls, file = meta['file'].split('/')
+            assert (split, cls) == ('test', meta['class'])
+            assert members[f'{key}.jpg'] == (tmp_path / 'c10' / 'cifar10' / 'test' / cls / file).read_bytes()
+
+
+def test_cifar10_torchvision_batches_load_as_hwc_images_with_their_labels(tmp_path, monkeypatch):
+    print('seed 0')
+    arrays = fake_cifar10_batches(tmp_path)
+    monkeypatch.setenv('CIFAR10_ROOT', str(tmp_path))
+    from tokenformer_vit.cifar10 import load_cifar10
+    for split, n in (('train', 60), ('test', 6)):
+        images, labels = load_cifar10(split)
+        data, expected = arrays[split]
+        assert images.shape == (n, 32, 32, 3) and labels.tolist() == expected
+        assert np.array_equal(images[3], data[3].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_cifar10_that_is_not_there_or_has_other_classes_is_one_clear_error(tmp_path):
+    env = dict(__import__('os').environ, CIFAR10_ROOT=str(tmp_path / 'none'))
+    cmd = [sys.executable, '-m', 'tokenformer_vit.make_shards', '--input', 'cifar10', '--split', 'train',
+           '--output', str(tmp_path / 'out')]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and 'No CIFAR-10 in' in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for split in ('train', 'test'):
+        image_folder(tmp_path / 'other' / split, classes=CIFAR[:9] + ('zebra',), per_class=1, size=(32, 32))
+    env['CIFAR10_ROOT'] = str(tmp_path / 'other')
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "zebra" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 'out').exists()  # refused before anything was written

@@ -182,6 +182,7 @@ def test_grow_cli_reads_bare_and_safetensors_state_dicts(tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['--attn-tokens', '100'], 'Cannot shrink attn_tokens from 192 to 100'),
     (['--mode', 'double'], "Unknown growth mode 'double'"),
+    (['--mode', 'ramp'], 'moves τ during training'),
     (['--checkpoint-override', 'missing.pth'], 'does not exist'),
     (['--checkpoint-override', 'not_tokenformer.pth'], 'is not a Tokenformer-ViT checkpoint'),
 ])
@@ -310,3 +311,25 @@ def test_grow_cli_gives_the_ema_the_same_new_tokens_as_the_model(tmp_path):
     key = 'blocks.1.ffn.value_tokens'
     assert ckpt['state_dict'][key].shape[0] == 1024
     assert torch.equal(ckpt['state_dict'][key], ckpt['state_dict_ema'][key])
+
+
+def test_ramp_growth_preserves_the_function_then_moves_tau_linearly_to_sqrt_n_and_stops_at_the_next_growth():
+    from tokenformer_vit.growth import grow_training_state, ramp_tau
+    print('seed 0')
+    model = trained_small_model()
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    before = model(x)
+    history = [grow_training_state(model, 256, 1024, 'ramp', step=10, ramp_steps=4)]
+    assert (model(x) - before).abs().max().item() <= 1e-5  # at the growth: preserve
+    old = dict(attn=192 ** 0.5, ffn=768 ** 0.5)  # tiny's counts, τ kept from them
+    assert history[0]['tau_ramp'] == dict(steps=4, attn=[pytest.approx(old['attn']), 16.0],
+                                          ffn=[pytest.approx(old['ffn']), 32.0])
+    for step, frac in ((10, 0.0), (11, 0.25), (13, 0.75), (14, 1.0)):
+        ramp_tau(model, history, step)
+        assert model.blocks[1].attn.v.tau.item() == pytest.approx(old['attn'] + (16 - old['attn']) * frac, rel=1e-6)
+        assert model.blocks[0].ffn.tau.item() == pytest.approx(old['ffn'] + (32 - old['ffn']) * frac, rel=1e-6)
+    history.append(grow_training_state(model, 400, 1024, 'preserve', step=20))
+    model.blocks[0].attn.q.tau.fill_(3.0)
+    ramp_tau(model, history, 12)  # the later growth ended the ramp: nothing is set
+    assert model.blocks[0].attn.q.tau.item() == 3.0

@@ -167,26 +167,44 @@ def test_signal_mid_epoch_saves_at_a_step_and_the_resumed_run_matches(shards, tm
         assert torch.equal(v, b[1][k]), k
 
 
-def test_restart_schedule_warms_up_again_at_growth_and_a_run_stopped_after_it_resumes_exactly(shards, tmp_path):
-    flags = ['--data-dir', shards, '--epochs', 3, '--log-every', 1, '--grow', '1:24:48', '--grow-schedule', 'restart',
-             '--warmup-epochs', 0.5, '--warmup-lr', 1e-6, '--min-lr', 1e-5]
+def straight_and_stopped_in_epoch_2_then_resumed(flags, tmp_path, stop_between):
+    """(checkpoint, weights) of a straight run and of the same run stopped by SIGUSR2 inside epoch 2
+    (after a step strictly between `stop_between`) and rerun to the end."""
     train(*flags, '--output', tmp_path / 'straight')
     proc = train(*flags, '--output', tmp_path / 'stopped', popen=dict(cwd=tmp_path))
-    for line in proc.stdout:  # after the growth at step 6 and its first epoch: stop inside epoch 2
+    for line in proc.stdout:
         if line.startswith('epoch 1: loss'):
             break
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGUSR2, out
-    assert 12 < weights(tmp_path / 'stopped' / 'last.pth.tar')[0]['step'] < 18
+    low, high = stop_between
+    assert low < weights(tmp_path / 'stopped' / 'last.pth.tar')[0]['step'] < high
     train(*flags, '--output', tmp_path / 'stopped')
-    a, b = weights(tmp_path / 'straight' / 'last.pth.tar'), weights(tmp_path / 'stopped' / 'last.pth.tar')
+    return weights(tmp_path / 'straight' / 'last.pth.tar'), weights(tmp_path / 'stopped' / 'last.pth.tar')
+
+
+def test_restart_schedule_warms_up_again_at_growth_and_a_run_stopped_after_it_resumes_exactly(shards, tmp_path):
+    flags = ['--data-dir', shards, '--epochs', 3, '--log-every', 1, '--grow', '1:24:48', '--grow-schedule', 'restart',
+             '--warmup-epochs', 0.5, '--warmup-lr', 1e-6, '--min-lr', 1e-5]
+    a, b = straight_and_stopped_in_epoch_2_then_resumed(flags, tmp_path, (12, 18))
     assert a[0]['step'] == b[0]['step'] == 18 and a[0]['scheduler']['starts'] == b[0]['scheduler']['starts'] == [0, 6]
     for k, v in a[1].items():
         assert torch.equal(v, b[1][k]), k
     lr = {s['step']: s['lr'] for s in a[0]['log']['steps']}  # the rate of the step after each logged one
     assert lr[6] < 2e-5 < 5e-4 < lr[7] < lr[8] < lr[9]  # the first schedule ends at the growth; warmup again
     assert lr[17] < 1e-4  # and the second decays by the end of the run
+
+
+def test_ramp_growth_moves_tau_over_its_epochs_and_a_run_stopped_mid_ramp_resumes_exactly(shards, tmp_path):
+    flags = ['--data-dir', shards, '--epochs', 3, '--log-every', 1, '--grow', '1:24:48', '--grow-mode', 'ramp',
+             '--tau-ramp-epochs', 1.5]  # 6 steps an epoch: growth at step 6, τ at √n from step 15
+    a, b = straight_and_stopped_in_epoch_2_then_resumed(flags, tmp_path, (12, 15))  # τ still moving
+    assert a[0]['step'] == b[0]['step'] == 18 and a[0]['growth_history'][0]['tau_ramp']['steps'] == 9
+    for k, v in a[1].items():
+        assert torch.equal(v, b[1][k]), k
+    assert a[1]['blocks.0.attn.q.tau'].item() == pytest.approx(24 ** 0.5)
+    assert a[1]['blocks.1.ffn.tau'].item() == pytest.approx(48 ** 0.5)
 
 
 def _ddp_worker(rank, world, port, batches, result_path):
@@ -562,3 +580,27 @@ def test_missing_shards_are_built_from_fashion_mnist_with_a_timm_readable_name(t
     info = json.loads((tmp_path / 'fm' / '_info.json').read_text())
     assert info['name'] == 'fashion_mnist' and info['splits']['validation']['num_samples'] == 10_000
     assert all(f.startswith('fashion_mnist-validation-') for f in info['splits']['validation']['filenames'])
+
+
+def test_missing_shards_are_built_from_cifar10_where_cifar10_root_points(tmp_path, monkeypatch):
+    import argparse
+    import json
+    import numpy as np
+    from PIL import Image
+    from tokenformer_vit.cifar10 import CIFAR10_CLASSES
+    from tokenformer_vit.train import _ensure_shards
+    from tokenformer_vit.transforms import MAX_IMAGE_PIXELS
+    print('seed 0')
+    rng = np.random.default_rng(0)
+    for split, per_class in (('train', 3), ('test', 1)):
+        for c in CIFAR10_CLASSES:
+            (tmp_path / 'c10' / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'c10' / split / c / f'{i}.png')
+    monkeypatch.setenv('CIFAR10_ROOT', str(tmp_path / 'c10'))
+    args = argparse.Namespace(data_dir=str(tmp_path / 'shards'), shards_from='cifar10', train_split='train',
+                              val_split='validation', max_image_pixels=MAX_IMAGE_PIXELS)
+    _ensure_shards(args, rank=0)
+    info = json.loads((tmp_path / 'shards' / '_info.json').read_text())
+    assert info['name'] == 'cifar10' and info['classes'] == list(CIFAR10_CLASSES)
+    assert [info['splits'][s]['num_samples'] for s in ('train', 'validation')] == [30, 10]

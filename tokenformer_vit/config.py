@@ -39,19 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--drop-path', type=float, default=0.1)
     g.add_argument('--initial-checkpoint', default=None,
                    help='start from this (smaller) Tokenformer-ViT checkpoint, grown to the model\'s token counts')
-    g.add_argument('--grow', default=None,
-                   help='growth schedule: "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." grows at the start of EPOCH (0-based)')
-    g.add_argument('--grow-mode', default='preserve', choices=GROWTH_MODES,
-                   help='preserve: the grown model computes the same function; paper: new random keys, τ = √n')
-    g.add_argument('--grow-schedule', default='continue', choices=GROW_SCHEDULES,
-                   help='the learning rate at a growth: continue the one schedule, or restart warmup and cosine '
-                        '(to the next growth or the end), as the official code\'s training stages do')
+    _add_growth_flags(g)
     g.add_argument('--pattention-impl', default='auto', choices=PATTENTION_IMPLS,
-                   help="Pattention's implementation: 'fused' Triton kernels (CUDA, opt-in until measured), "
-                        "'torch', or 'auto' (torch for now)")
+                   help="Pattention's implementation: 'fused' Triton kernels (CUDA, opt-in: slower than 'torch' in "
+                        "training on an H200 so far), 'torch', or 'auto' (torch)")
     g = p.add_argument_group('data')
     g.add_argument('--data-dir', default=None, help='folder of WebDataset shards with _info.json')
-    g.add_argument('--shards-from', default=None, choices=['fashion-mnist'],
+    g.add_argument('--shards-from', default=None, choices=['fashion-mnist', 'cifar10'],
                    help='build --data-dir from this source if it has no _info.json')
     g.add_argument('--train-split', default='train')
     g.add_argument('--val-split', default='validation')
@@ -92,7 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--log-every', type=int, default=20, help='steps between loss points in the logs')
     g.add_argument('--tensorboard', action='store_true', help='also write TensorBoard events to OUTPUT/tb')
     g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bar on rank 0')
-    g = p.add_argument_group('submitit (with --submit)')
+    _add_submit_flags(p.add_argument_group('submitit (with --submit)'))
+    return p
+
+
+def _add_growth_flags(g) -> None:
+    g.add_argument('--grow', default=None,
+                   help='growth schedule: "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." grows at the start of EPOCH (0-based)')
+    g.add_argument('--grow-mode', default='preserve', choices=GROWTH_MODES,
+                   help='preserve: the grown model computes the same function; paper: new random keys, τ = √n; '
+                        'ramp: preserve, then τ moves to √n over --tau-ramp-epochs')
+    g.add_argument('--tau-ramp-epochs', type=float, default=1.0,
+                   help="after a 'ramp' growth, the epochs over which τ moves linearly to √(new n)")
+    g.add_argument('--grow-schedule', default='continue', choices=GROW_SCHEDULES,
+                   help='the learning rate at a growth: continue the one schedule, or restart warmup and cosine '
+                        '(to the next growth or the end), as the official code\'s training stages do')
+
+
+def _add_submit_flags(g) -> None:
     g.add_argument('--submit', action='store_true', help='submit the job through submitit instead of running it')
     g.add_argument('--cluster', default='slurm', choices=['slurm', 'local', 'debug'])
     g.add_argument('--nodes', type=int, default=1)
@@ -103,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--partition', default=None)
     g.add_argument('--timeout-min', type=int, default=60 * 72)
     g.add_argument('--job-dir', default=None, help='submitit\'s folder (default: OUTPUT/submitit)')
-    return p
 
 
 def parse_grow_schedule(value) -> List[Dict[str, Any]]:
@@ -219,7 +229,7 @@ _RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr
            ('save_every_steps', 0, True), ('log_every', 1, True), ('nodes', 1, True), ('gpus_per_node', 0, True),
            ('tasks_per_node', 1, True), ('cpus_per_task', 1, True), ('timeout_min', 1, True),
            ('num_classes', 1, True), ('img_size', 1, True), ('max_image_pixels', 1, True), ('crop_pct', 0, False),
-           ('clip_grad', 0, False), ('color_jitter', 0, True))
+           ('clip_grad', 0, False), ('color_jitter', 0, True), ('tau_ramp_epochs', 0, True))
 
 
 def _check_values(args: argparse.Namespace) -> None:

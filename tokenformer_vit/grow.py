@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', required=True, help='the checkpoint to grow')
     parser.add_argument('--attn-tokens', type=int, default=None, help='new token count of Q/K/V/O (default: keep)')
     parser.add_argument('--ffn-tokens', type=int, default=None, help='new token count of the FFN (default: keep)')
-    parser.add_argument('--mode', default='preserve', help=f'{" or ".join(GROWTH_MODES)} (default preserve)')
+    parser.add_argument('--mode', default='preserve', help='preserve or paper (default preserve)')
     parser.add_argument('--output', required=True, help='where to write the grown checkpoint')
     parser.add_argument('--hf-dir', default=None, help='also write a local-dir: folder for timm')
     parser.add_argument('--model', default=None, help="architecture, when the checkpoint has no 'arch'")
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_paths(args: argparse.Namespace) -> None:
     """Refuse outputs that would overwrite the input or cannot be what they are asked to be."""
+    if args.mode == 'ramp':
+        raise GrowthError("--mode ramp moves τ during training, after the growth: grow the checkpoint with --mode "
+                          "preserve (its start), or train with --grow-mode ramp.")
     if args.mode not in GROWTH_MODES:
         raise GrowthError(f"Unknown growth mode {args.mode!r}: use 'preserve' (function-preserving) or 'paper'.")
     if Path(args.output).resolve() == Path(args.checkpoint).resolve():

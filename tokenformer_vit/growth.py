@@ -6,7 +6,9 @@ rounding: the new key tokens are zero (their scores are 0, so ‖A‖ is unchang
 τ keeps its old value, and the new value tokens are small random numbers (non-zero, so that the new
 keys receive a gradient: dL/dK_new ∝ GeLU'(0) · dY · V_newᵀ). In `paper` mode the new rows are
 initialised like fresh tokens and τ is recomputed from the new count, as the official code does,
-which changes the function.
+which changes the function. `ramp` mode grows as `preserve` does, and then the training run moves τ
+linearly from its kept value to √(new n) over a number of steps (`ramp_tau`): it starts
+function-preserving and ends with the τ of a model built at the new size.
 """
 import math
 from typing import Any, Dict, List, Optional, Tuple
@@ -19,15 +21,16 @@ from .pattention import Pattention
 from .tokenformer_vit import _ATTN, _FFN, TokenformerViT, token_counts
 
 __all__ = ['GROWTH_MODES', 'GROW_SCHEDULES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'grow_model',
-           'grow_optimizer', 'grow_training_state', 'token_counts', 'grow_state_dict', 'grow_checkpoint']
+           'grow_optimizer', 'grow_training_state', 'kind_taus', 'tau_ramp_record', 'ramp_tau', 'token_counts', 'grow_state_dict',
+           'grow_checkpoint']
 
-GROWTH_MODES = ('preserve', 'paper')
+GROWTH_MODES = ('preserve', 'paper', 'ramp')
 GROW_SCHEDULES = ('continue', 'restart')  # what the learning-rate schedule does at a growth
 
 
 def _check_mode(mode: str) -> None:
     if mode not in GROWTH_MODES:
-        raise GrowthError(f"Unknown growth mode {mode!r}: use 'preserve' (function-preserving) or 'paper'.")
+        raise GrowthError(f"Unknown growth mode {mode!r}: use 'preserve' (function-preserving), 'paper' or 'ramp'.")
 
 
 def grow_tokens(key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor, num_tokens: int, mode: str = 'preserve',
@@ -35,7 +38,7 @@ def grow_tokens(key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor, num_t
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The grown (key, value, τ) of one Pattention: K and V with rows appended up to `num_tokens`.
 
-    preserve: new keys zero, new values normal(0, value_std), τ kept.
+    preserve (and ramp): new keys zero, new values normal(0, value_std), τ kept.
     paper: new keys normal(0, key_std), new values normal(0, value_std), τ = √num_tokens.
     """
     _check_mode(mode)
@@ -49,7 +52,7 @@ def grow_tokens(key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor, num_t
         t = torch.empty(extra, cols).normal_(0.0, std, generator=generator)
         return t.to(device=like.device, dtype=like.dtype)
 
-    if mode == 'preserve':
+    if mode in ('preserve', 'ramp'):
         new_keys = torch.zeros(extra, key.shape[1], device=key.device, dtype=key.dtype)
         new_tau = tau.clone()
     else:
@@ -67,8 +70,8 @@ def grow_pattention(layer: Pattention, num_tokens: int, mode: str = 'preserve',
     _check_mode(mode)
     if num_tokens == layer.num_tokens:
         return []
-    if mode == 'preserve' and layer.norm == 'softmax':
-        raise GrowthError("mode='preserve' is exact only for the 'l2_gelu' and 'gelu_l2' norms "
+    if mode in ('preserve', 'ramp') and layer.norm == 'softmax':
+        raise GrowthError(f"mode={mode!r} is exact only for the 'l2_gelu' and 'gelu_l2' norms "
                           "(softmax gives zero scores a non-zero weight): use mode='paper'.")
     old_key, old_value = layer.key_tokens, layer.value_tokens
     with torch.no_grad():
@@ -146,8 +149,8 @@ def grow_optimizer(optimizer: torch.optim.Optimizer, pairs: List[Tuple[nn.Parame
 
 def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens: Optional[int],
                         mode: str = 'preserve', *, optimizer: Optional[torch.optim.Optimizer] = None,
-                        ema: Optional[nn.Module] = None, scheduler=None, step: int = 0, seed: int = 0
-                        ) -> Dict[str, Any]:
+                        ema: Optional[nn.Module] = None, scheduler=None, step: int = 0, seed: int = 0,
+                        ramp_steps: int = 0) -> Dict[str, Any]:
     """Grow a training run in place, the one way the job and every experiment grow:
 
     - the model, with new tokens drawn from `seed`;
@@ -156,9 +159,11 @@ def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens
     - the learning-rate schedule, told of the growth at optimizer step `step`: one built with the
       'restart' policy (engine.LRSchedule) starts its warmup and cosine again there.
 
-    Returns the growth's record for the run's history: step, [old, new] token counts, mode.
+    Returns the growth's record for the run's history: step, [old, new] token counts, mode, and in
+    'ramp' mode the τ ramp that `ramp_tau` then follows over `ramp_steps` optimizer steps.
     """
     old = (model.attn_tokens, model.ffn_tokens)
+    taus = kind_taus(model)
     pairs = grow_model(model, attn_tokens, ffn_tokens, mode, torch.Generator().manual_seed(seed))
     if ema is not None:
         grow_model(getattr(ema, 'module', ema), attn_tokens, ffn_tokens, mode, torch.Generator().manual_seed(seed))
@@ -166,7 +171,48 @@ def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens
         grow_optimizer(optimizer, pairs)
     if scheduler is not None and hasattr(scheduler, 'grown'):
         scheduler.grown(step)
-    return dict(step=step, attn_tokens=[old[0], model.attn_tokens], ffn_tokens=[old[1], model.ffn_tokens], mode=mode)
+    record = dict(step=step, attn_tokens=[old[0], model.attn_tokens], ffn_tokens=[old[1], model.ffn_tokens], mode=mode)
+    if mode == 'ramp':
+        record['tau_ramp'] = tau_ramp_record(taus, model, ramp_steps)
+    return record
+
+
+def _kind_layers(model: nn.Module) -> Dict[str, List[Pattention]]:
+    """The Pattentions of a TokenformerViT by kind: 'attn' (q, k, v, proj) and 'ffn'."""
+    attn = [layer for b in model.blocks for layer in (b.attn.q, b.attn.k, b.attn.v, b.attn.proj)]
+    return dict(attn=attn, ffn=[b.ffn for b in model.blocks])
+
+
+def kind_taus(model: nn.Module) -> Dict[str, float]:
+    """The one τ that every Pattention of a kind holds (our models build them alike)."""
+    taus = {}
+    for kind, layers in _kind_layers(model).items():
+        values = {float(layer.tau) for layer in layers}
+        if len(values) != 1:
+            raise GrowthError(f'The {kind} Pattentions hold different τ ({sorted(values)}): a τ ramp needs one per kind.')
+        taus[kind] = values.pop()
+    return taus
+
+
+def tau_ramp_record(taus_before: Dict[str, float], model: nn.Module, steps: int) -> Dict[str, Any]:
+    """The ramp of a 'ramp' growth: over `steps` steps, each kind's τ from its kept value to √(new n)."""
+    new_n = dict(attn=model.attn_tokens, ffn=model.ffn_tokens)
+    return dict(steps=int(steps), **{kind: [tau, math.sqrt(new_n[kind])] for kind, tau in taus_before.items()})
+
+
+def ramp_tau(model: nn.Module, history: List[Dict[str, Any]], step: int) -> None:
+    """Set τ for optimizer step `step` while the run's latest growth is a 'ramp' one still in progress:
+    τ = from + (to − from)·(step − start)/steps, reaching `to` at start + steps (a later growth ends it)."""
+    record = history[-1] if history else None
+    ramp = record.get('tau_ramp') if record else None
+    if not ramp or not record['step'] <= step <= record['step'] + ramp['steps']:
+        return
+    frac = (step - record['step']) / ramp['steps'] if ramp['steps'] else 1.0
+    with torch.no_grad():
+        for kind, layers in _kind_layers(model).items():
+            start, end = ramp[kind]
+            for layer in layers:
+                layer.tau.fill_(start + (end - start) * frac)
 
 
 # ----------------------------------------------------------------------------------------------------------------

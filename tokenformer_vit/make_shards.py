@@ -3,6 +3,7 @@
     python -m tokenformer_vit.make_shards --input DIR --split {train,validation} --output ROOT \\
         [--class-list FILE] [--shard-size 1024] [--max-side 512] [--workers N] [--name NAME]
     python -m tokenformer_vit.make_shards --input fashion-mnist --split train --output ROOT
+    python -m tokenformer_vit.make_shards --input cifar10 --split validation --output ROOT
 
 DIR holds one folder per class; the class index is the folder's rank in sorted order, or its line
 in --class-list (e.g. the 1,000 ImageNet synsets in class-index order). Each sample is KEY.jpg,
@@ -34,6 +35,7 @@ from .transforms import MAX_IMAGE_PIXELS, ImageTooLarge
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 SPLITS = ('train', 'validation')
+EMBEDDED = ('fashion-mnist', 'cifar10')  # --input names of the embedded real data sets (a folder: ./NAME)
 JPEG_QUALITY = 95
 
 # one sample to write: (key, class index, class name, source path or raw image, original file name)
@@ -115,14 +117,23 @@ def _write_shard(job) -> Tuple[str, int, List[str]]:
     return path.name, written, skipped
 
 
-def _fashion_mnist_items(split: str) -> Tuple[List[Item], List[str]]:
-    from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-    images, labels = load_fashion_mnist('train' if split == 'train' else 'test')
-    items = []
-    for i, (img, label) in enumerate(zip(images, labels)):
-        pil = Image.fromarray(img).convert('RGB')
-        items.append((None, int(label), FASHION_MNIST_CLASSES[label], pil, f'fashion-mnist/{split}/{i:05d}'))
-    return items, list(FASHION_MNIST_CLASSES)
+def _embedded_items(input: str, split: str) -> Tuple[List[Item], List[str]]:
+    """The items of an embedded real data set: Fashion-MNIST's arrays, or CIFAR-10's JPEG files (stored
+    as they are) or arrays (torchvision's release), labelled in the data set's official class order."""
+    part = 'train' if split == 'train' else 'test'
+    if input == 'cifar10':
+        from .cifar10 import CIFAR10_CLASSES as classes, cifar10_files, find_cifar10, load_cifar10
+        layout, folder = find_cifar10()
+        if layout == 'folders':
+            return [(None, label, classes[label], path, f'cifar10/{part}/{classes[label]}/{path.name}')
+                    for path, label in cifar10_files(folder, part)], list(classes)
+        images, labels = load_cifar10(part)
+    else:
+        from .fashion_mnist import FASHION_MNIST_CLASSES as classes, load_fashion_mnist
+        images, labels = load_fashion_mnist(part)
+    items = [(None, int(label), classes[label], Image.fromarray(img).convert('RGB'), f'{input}/{part}/{i:05d}')
+             for i, (img, label) in enumerate(zip(images, labels))]
+    return items, list(classes)
 
 
 def _recorded_classes(info_path: Path, split: str) -> Optional[List[str]]:
@@ -140,7 +151,7 @@ def _recorded_classes(info_path: Path, split: str) -> Optional[List[str]]:
 def make_shards(input: str, split: str, output: os.PathLike, class_list: Optional[os.PathLike] = None,
                 shard_size: int = 1024, max_side: int = 512, workers: int = 1, name: Optional[str] = None,
                 seed: int = 0, progress: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Dict:
-    """Write `split` of an image folder (or 'fashion-mnist') as shards under `output`; returns its _info entry.
+    """Write `split` of an image folder (or an EMBEDDED data set) as shards under `output`; returns its _info entry.
 
     The class indices of every split of one `output` come from one class list, recorded once in
     _info.json: a later split is labelled with the list the first one recorded, and refused if it
@@ -187,7 +198,7 @@ def _check_request(input: str, split: str, root: Path, name: Optional[str], shar
         raise ShardError('--shard-size, --max-side, --max-image-pixels and --workers must be positive.')
     if root.exists() and not root.is_dir():
         raise ShardError(f'--output {root} is a file: pass a folder for the shards.')
-    if input != 'fashion-mnist' and Path(input).is_dir():
+    if input not in EMBEDDED and Path(input).is_dir():
         source, target = Path(input).resolve(), root.resolve()
         if target == source or source in target.parents:
             raise ShardError(f'--output {root} is inside --input {input}: it would become a class of its own; '
@@ -202,8 +213,8 @@ def _labelled_items(input: str, split: str, root: Path, class_list: Optional[os.
     """(items, classes): the split's images, labelled with the class list that `root` recorded for its
     other splits if it has one (a subset of those classes keeps their indices), else with their own."""
     recorded = _recorded_classes(root / '_info.json', split)
-    if input == 'fashion-mnist':
-        items, classes = _fashion_mnist_items(split)
+    if input in EMBEDDED:
+        items, classes = _embedded_items(input, split)
     else:
         files, classes = list_image_folder(Path(input), Path(class_list) if class_list else None)
         items = [(None, label, classes[label], path, str(path.relative_to(input))) for path, label in files]
@@ -263,7 +274,8 @@ class _Inline:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', required=True, help="image folder (one folder per class), or 'fashion-mnist'")
+    parser.add_argument('--input', required=True, help="image folder (one folder per class), or 'fashion-mnist' or 'cifar10' (the embedded data sets; "
+                             "CIFAR-10 from CIFAR10_ROOT, data/cifar10 or torchvision's download)")
     parser.add_argument('--split', required=True, choices=SPLITS)
     parser.add_argument('--output', required=True, help='the shard folder (ROOT); _info.json is merged there')
     parser.add_argument('--class-list', default=None, help='text file: class names in class-index order')
