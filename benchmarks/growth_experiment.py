@@ -44,17 +44,19 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fashion_mnist_tensors import MEAN, STD, load_tensors, test_top1  # noqa: E402
+from fashion_mnist_tensors import test_top1  # noqa: E402
+from study_data import DATASETS, load_dataset  # noqa: E402
 
 from tokenformer_vit.checkpoint import atomic_file  # noqa: E402
 from tokenformer_vit.config import job_args  # noqa: E402
 from tokenformer_vit.data import TensorBatches  # noqa: E402
-from tokenformer_vit.growth import GROW_SCHEDULES  # noqa: E402
+from tokenformer_vit.growth import GROW_SCHEDULES, GROWTH_MODES  # noqa: E402
 from tokenformer_vit.train import build_model, build_run, grow_if_scheduled, train_epoch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LADDERS = [f'{mode}+{schedule}' for mode in ('preserve', 'paper') for schedule in GROW_SCHEDULES]  # the 2x2
-STRATEGIES = ['scratch'] + LADDERS
+# a config may name its own `ladders` (any MODE+SCHEDULE of the job's --grow-mode and --grow-schedule)
+# and its `dataset` (study_data.DATASETS; default fashion-mnist)
 QUICK = dict(scratch_epochs=[3, 2, 2], ladder_epochs=[1, 1, 1], train_images=1280, test_images=2000, seeds=[0, 1, 2],
              convergence_factors=[0.5, 1])
 
@@ -68,7 +70,7 @@ def train_flops_per_image(cfg, size) -> float:
     from torch.utils.flop_counter import FlopCounterMode
     args = job_args(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, size)))
     model, _ = build_model(args, 10)
-    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    x, y = torch.randn(8, *dataset(cfg)['shape']), torch.randint(0, 10, (8,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
     return counter.get_total_flops() / 8
@@ -94,8 +96,9 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
     n = cfg['train_images']
     args = run_args(cfg, strategy, seed, epochs, size)
     model, _ = build_model(args, 10)
-    batches = TensorBatches(train_x[:n], train_y[:n], args.batch_size, flip=True, seed=seed)
-    run = build_run(args, model, 10, batches.batches_per_rank, mean=MEAN, std=STD)
+    ds = dataset(cfg)
+    batches = TensorBatches(train_x[:n], train_y[:n], args.batch_size, seed=seed, **ds['augment'])
+    run = build_run(args, model, 10, batches.batches_per_rank, mean=ds['mean'], std=ds['std'])
     test = (test_x[:cfg['test_images']], test_y[:cfg['test_images']])
     log = dict(strategy=strategy, size=list(size or cfg['sizes'][-1]), seed=seed, epochs=args.epochs,
                flops=0.0, seconds=0.0, points=[])
@@ -119,10 +122,18 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
     return log
 
 
-@functools.lru_cache(maxsize=1)
-def _data():
+def dataset(cfg) -> dict:
+    return DATASETS[cfg.get('dataset', 'fashion-mnist')]
+
+
+def ladders(cfg) -> list:
+    return list(cfg.get('ladders', LADDERS))
+
+
+@functools.lru_cache(maxsize=2)
+def _data(name: str):
     """The data set, loaded once per process."""
-    return load_tensors()
+    return load_dataset(name)
 
 
 def _cpu() -> str:
@@ -143,7 +154,7 @@ def _execute(task: tuple, cache=None) -> dict:
     run seeds itself, so its numbers do not depend on which process runs it or when. With a cache
     folder the finished run is also written there, so that an interrupted study keeps it."""
     cfg, sizes_flops, strategy, seed, epochs, size = task
-    log = run_one(cfg, _data(), sizes_flops, strategy, seed, epochs, size)
+    log = run_one(cfg, _data(cfg.get('dataset', 'fashion-mnist')), sizes_flops, strategy, seed, epochs, size)
     if cache is not None:
         with atomic_file(_cache_path(cache, task), 'w') as f:
             json.dump(dict(log, cpu=_cpu(), threads=torch.get_num_threads()), f, indent=1)
@@ -155,7 +166,7 @@ def _cache_path(cache: Path, task: tuple) -> Path:
     decides its numbers (the config but its seeds, and the torch threads per run)."""
     import hashlib
     cfg, _, strategy, seed, epochs, size = task
-    setting = {k: v for k, v in cfg.items() if k not in ('seeds', 'convergence_factors')}
+    setting = {k: v for k, v in cfg.items() if k not in ('seeds', 'convergence_factors', 'ladders')}
     key = json.dumps(dict(setting, threads=torch.get_num_threads()), sort_keys=True)
     folder = hashlib.sha256(key.encode()).hexdigest()[:12]
     size = size or cfg['sizes'][-1]
@@ -233,9 +244,26 @@ def run_convergence(cfg, sizes_flops, jobs, threads, t0, cache=None) -> dict:
     return dict(runs=runs, final_top1=table)
 
 
+def _mean_curve(curves: list) -> list:
+    """Seeds' evaluation points averaged point by point (every seed evaluates at the same epochs)."""
+    return [dict(flops=statistics.mean(c[i]['flops'] for c in curves),
+                 seconds=statistics.mean(c[i]['seconds'] for c in curves),
+                 top1=statistics.mean(c[i]['top1'] for c in curves), stage=curves[0][i]['stage'])
+            for i in range(min(len(c) for c in curves))]
+
+
+def _last_growth(curve: list) -> int:
+    return max(i for i, p in enumerate(curve) if p['stage'].startswith('grown to'))
+
+
 def summarize(cfg, runs) -> dict:
-    """Mean and spread (sample std over seeds) of every strategy's final top-1 and FLOPs, and where
-    each ladder reaches the largest from-scratch model's final top-1."""
+    """Mean and spread (sample std over seeds) of every strategy's final top-1, FLOPs and seconds,
+    and for each ladder both views of growth against the largest model from scratch (its final
+    top-1 less the larger of the two spreads is the bar):
+    - whole ladder: the FLOPs and seconds at which the ladder, from its start, first reaches the bar,
+      as fractions of the scratch run's;
+    - reuse (the paper's view): given the trained smaller model, the FLOPs and seconds from the last
+      growth until the ladder reaches the bar, as fractions of the scratch run's."""
     out = {}
     largest = cfg['sizes'][-1]
     for key in sorted({(r['strategy'], tuple(r['size'])) for r in runs}):
@@ -248,55 +276,76 @@ def summarize(cfg, runs) -> dict:
     target = out[f'scratch {largest[0]}/{largest[1]}']
     for strategy in sorted({r['strategy'] for r in runs} - {'scratch'}):
         ladder = out[f'{strategy} {largest[0]}/{largest[1]}']
-        spread = max(target['spread'], ladder['spread'])
-        # the first evaluation (averaged over seeds, point by point) at which the ladder is within the spread
-        curves = [r['points'] for r in runs if r['strategy'] == strategy]
-        reached = None
-        for i in range(min(len(c) for c in curves)):
-            top1 = statistics.mean(c[i]['top1'] for c in curves)
-            if top1 >= target['top1'] - spread:
-                reached = dict(flops=statistics.mean(c[i]['flops'] for c in curves), top1=top1)
-                break
-        ladder['reaches_scratch_largest'] = reached is not None
-        ladder['flops_fraction_at_reach'] = reached['flops'] / target['flops'] if reached else None
-        ladder['flops_fraction_total'] = ladder['flops'] / target['flops']
-        ladder['difference_vs_scratch_largest'] = ladder['top1'] - target['top1']
-        ladder['difference_is_within_spread'] = abs(ladder['top1'] - target['top1']) <= spread
+        bar = target['top1'] - max(target['spread'], ladder['spread'])
+        curve = _mean_curve([r['points'] for r in runs if r['strategy'] == strategy])
+        grown = curve[_last_growth(curve)]
+        reached = next((p for p in curve if p['top1'] >= bar), None)
+        reused = next((p for p in curve[_last_growth(curve):] if p['top1'] >= bar), None)
+        ladder.update(
+            reaches_scratch_largest=reached is not None,
+            flops_fraction_at_reach=reached['flops'] / target['flops'] if reached else None,
+            seconds_fraction_at_reach=reached['seconds'] / target['seconds'] if reached else None,
+            reuse_flops_fraction=(reused['flops'] - grown['flops']) / target['flops'] if reused else None,
+            reuse_seconds_fraction=(reused['seconds'] - grown['seconds']) / target['seconds'] if reused else None,
+            flops_fraction_total=ladder['flops'] / target['flops'],
+            difference_vs_scratch_largest=ladder['top1'] - target['top1'],
+            difference_is_within_spread=ladder['top1'] >= bar)
     return out
 
 
-def plot(cfg, runs, path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    blues = ['#9ecae1', '#4292c6', '#08306b']
-    styles = {'preserve+continue': ('#d62728', '-'), 'preserve+restart': ('#d62728', '--'),
-              'paper+continue': ('#ff9f40', '-'), 'paper+restart': ('#ff9f40', '--')}
+STYLES = {'preserve+continue': ('#d62728', '-'), 'preserve+restart': ('#d62728', '--'),
+          'paper+continue': ('#ff9f40', '-'), 'paper+restart': ('#ff9f40', '--'),
+          'ramp+continue': ('#2ca02c', '-'), 'ramp+restart': ('#2ca02c', '--')}
+
+
+def _series(cfg, runs, reuse: bool):
+    """(label, color, style, xs TFLOPs, ys, errors) per strategy and size; in the reuse view, the
+    ladders from their last growth on and the largest size from scratch, both from zero."""
     groups = {}
     for r in runs:
         groups.setdefault((r['strategy'], tuple(r['size'])), []).append(r)
+    blues = ['#9ecae1', '#4292c6', '#08306b']
     for (strategy, size), rs in sorted(groups.items()):
-        n = min(len(r['points']) for r in rs)
-        xs = [statistics.mean(r['points'][i]['flops'] for r in rs) / 1e12 for i in range(n)]
-        ys = [statistics.mean(r['points'][i]['top1'] for r in rs) for i in range(n)]
-        err = [statistics.stdev([r['points'][i]['top1'] for r in rs]) if len(rs) > 1 else 0 for i in range(n)]
+        if reuse and strategy == 'scratch' and list(size) != list(cfg['sizes'][-1]):
+            continue
+        curves = [r['points'] for r in rs]
+        first = _last_growth(_mean_curve(curves)) if reuse and strategy != 'scratch' else 0
+        base = statistics.mean(c[first]['flops'] for c in curves) if first else 0.0
+        n = min(len(c) for c in curves)
+        xs = [(statistics.mean(c[i]['flops'] for c in curves) - base) / 1e12 for i in range(first, n)]
+        ys = [statistics.mean(c[i]['top1'] for c in curves) for i in range(first, n)]
+        err = [statistics.stdev([c[i]['top1'] for c in curves]) if len(curves) > 1 else 0 for i in range(first, n)]
         if strategy == 'scratch':
             color, style = blues[[tuple(s) for s in cfg['sizes']].index(size) % 3], '-'
             label = f'from scratch, {size[0]}/{size[1]} tokens, {rs[0]["epochs"]} epochs'
         else:
-            color, style = styles.get(strategy, ('grey', ':'))
+            color, style = STYLES.get(strategy, ('grey', ':'))
             label = (f'grown ({strategy.replace("+", ", ")}), ' + ' → '.join(f'{a}/{b}' for a, b in cfg['sizes'])
                      + ', ' + '+'.join(f'{e:g}' for e in cfg['ladder_epochs']) + ' epochs')
-        ax.errorbar(xs, ys, yerr=err, color=color, ls=style, marker='o', ms=3, lw=1.5, capsize=2, label=label)
-    ax.set_xlabel('training TFLOPs (forward + backward)')
-    ax.set_ylabel('Fashion-MNIST test top-1 (%)')
-    ax.set_title(f'Growth vs. scratch, Tokenformer-ViT d={cfg["job"]["model_kwargs"]["embed_dim"]}, depth '
-                 f'{cfg["job"]["model_kwargs"]["depth"]} (mean ± sd, {len(cfg["seeds"])} seeds)', fontsize=10)
+        yield label, color, style, xs, ys, err
+
+
+def plot(cfg, runs, path: Path) -> None:
+    """Two views: every run against its training FLOPs from the start, and (reuse) the ladders
+    from their last growth against the largest size from scratch."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     lows = [p['top1'] for r in runs for p in r['points']]
-    ax.set_ylim(max(min(lows) - 1, sorted(lows)[len(lows) // 10] - 3), max(lows) + 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc='lower right')
+    for ax, reuse in zip(axes, (False, True)):
+        for label, color, style, xs, ys, err in _series(cfg, runs, reuse):
+            ax.errorbar(xs, ys, yerr=err, color=color, ls=style, marker='o', ms=3, lw=1.5, capsize=2, label=label)
+        ax.set_xlabel('training TFLOPs since the last growth (from zero for scratch)' if reuse
+                      else 'training TFLOPs (forward + backward), whole ladder')
+        ax.set_title('reuse: the smaller model is already trained' if reuse else 'whole ladder', fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc='lower right')
+    name = {'fashion-mnist': 'Fashion-MNIST', 'cifar10': 'CIFAR-10'}[cfg.get('dataset', 'fashion-mnist')]
+    axes[0].set_ylabel(f'{name} test top-1 (%)')
+    axes[0].set_ylim(max(min(lows) - 1, sorted(lows)[len(lows) // 10] - 3), max(lows) + 1)
+    fig.suptitle(f'Growth vs. scratch, Tokenformer-ViT d={cfg["job"]["model_kwargs"]["embed_dim"]}, depth '
+                 f'{cfg["job"]["model_kwargs"]["depth"]} (mean ± sd, {len(cfg["seeds"])} seeds)', fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -311,7 +360,8 @@ def parse(argv):
     p.add_argument('--convergence', action='store_true',
                    help='train every size from scratch for each of convergence_factors times its scratch_epochs '
                         'instead (seed 0 unless --seeds)')
-    p.add_argument('--strategies', default=','.join(STRATEGIES), help=f'which of {", ".join(STRATEGIES)} to run')
+    p.add_argument('--strategies', default=None,
+                   help='comma-separated: scratch and the config\'s ladders (default: all of them)')
     p.add_argument('--jobs', type=int, default=None,
                    help='runs trained at once, each in its own process (default: one per CPU core, at most one per run)')
     p.add_argument('--cache', default=None,
@@ -330,9 +380,15 @@ def parse(argv):
     for key, what in (('scratch_epochs', 'epochs per size'), ('ladder_epochs', 'epochs per ladder stage')):
         if len(cfg[key]) != len(cfg['sizes']):
             raise SystemExit(f'{key} has {len(cfg[key])} entries for {len(cfg["sizes"])} sizes: give {what}.')
-    args.strategies = args.strategies.split(',')
-    if set(args.strategies) - set(STRATEGIES) or 'scratch' not in args.strategies:
-        raise SystemExit(f'--strategies {",".join(args.strategies)}: choose among {", ".join(STRATEGIES)}, with '
+    strategies = ['scratch'] + ladders(cfg)
+    bad = [s for s in ladders(cfg) if s.count('+') != 1 or s.split('+')[0] not in GROWTH_MODES
+           or s.split('+')[1] not in GROW_SCHEDULES]
+    if bad or cfg.get('dataset', 'fashion-mnist') not in DATASETS:
+        raise SystemExit(f'{args.config}: ladders are MODE+SCHEDULE ({"|".join(GROWTH_MODES)} + '
+                         f'{"|".join(GROW_SCHEDULES)}), not {bad}, and dataset one of {", ".join(DATASETS)}.')
+    args.strategies = args.strategies.split(',') if args.strategies else strategies
+    if set(args.strategies) - set(strategies) or 'scratch' not in args.strategies:
+        raise SystemExit(f'--strategies {",".join(args.strategies)}: choose among {", ".join(strategies)}, with '
                          f'scratch (the runs the ladders are compared against).')
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     args.jobs = args.jobs if args.jobs is not None else cores
@@ -384,11 +440,11 @@ def _main(args, cfg) -> int:
     largest = cfg['sizes'][-1]
     for strategy in sorted({r['strategy'] for r in runs} - {'scratch'}):
         s = summary[f'{strategy} {largest[0]}/{largest[1]}']
-        reach = (f'reaches the largest scratch model\'s top-1 (within the spread) at '
-                 f'{100 * s["flops_fraction_at_reach"]:.0f}% of its FLOPs' if s['reaches_scratch_largest']
-                 else 'does not reach the largest scratch model\'s top-1')
-        print(f'{strategy} ladder: {reach}; ends {s["difference_vs_scratch_largest"]:+.2f} points at '
-              f'{100 * s["flops_fraction_total"]:.0f}% of its FLOPs')
+        pct = lambda x: f'{100 * x:.0f}%' if x is not None else 'never'  # noqa: E731
+        print(f'{strategy} ladder: reaches the largest scratch model\'s top-1 (within the spread) at '
+              f'{pct(s["flops_fraction_at_reach"])} of its FLOPs and {pct(s["seconds_fraction_at_reach"])} of its '
+              f'seconds; reuse: {pct(s["reuse_flops_fraction"])} of its FLOPs after the last growth; ends '
+              f'{s["difference_vs_scratch_largest"]:+.2f} points at {pct(s["flops_fraction_total"])} of its FLOPs')
     print(f'wrote {out / name}.json and .png ({time.time() - t0:.0f} s)')
     return 0
 

@@ -85,3 +85,22 @@ def test_tensor_batches_reshuffle_per_epoch_resume_mid_epoch_and_evaluate_everyt
     assert [y.tolist() for _, y in test] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     with pytest.raises(DataError, match='uint8'):
         TensorBatches(images.float(), labels, 3)
+
+
+def test_tensor_batches_pad_crop_shifts_each_image_within_the_padding_and_leaves_flip_only_draws_alone():
+    seed = 5
+    print(f'seed={seed}')
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)  # no zeros: padding shows
+    labels = torch.arange(64)
+    plain = [(x, y) for x, y in TensorBatches(images, labels, 16, flip=True, seed=seed)]
+    shifted = [(x, y) for x, y in TensorBatches(images, labels, 16, flip=True, seed=seed, pad_crop=2)]
+    moved = 0
+    for (x0, y0), (x1, y1) in zip(plain, shifted):
+        assert torch.equal(y0, y1)  # the same order and flips as without the crop
+        for a, b in zip(x0, x1):
+            found = [(i, j) for i in range(-2, 3) for j in range(-2, 3)
+                     if torch.equal(b, torch.nn.functional.pad(a, (2, 2, 2, 2))[:, 2 + i:10 + i, 2 + j:10 + j])]
+            assert found, 'each image is its flipped self, shifted by at most the padding'
+            moved += found[0] != (0, 0)
+    assert moved > 40  # 24 of 25 shifts move the image

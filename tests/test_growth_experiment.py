@@ -138,7 +138,7 @@ def test_fewer_evaluations_leave_the_training_unchanged():
     cfg = yaml.safe_load((REPO / 'benchmarks' / 'growth_experiment.yaml').read_text())
     cfg.update(train_images=512, test_images=500, sizes=[[8, 32]])
     cfg['job']['batch_size'] = 128  # 4 steps an epoch
-    data = growth_experiment._data()
+    data = growth_experiment._data('fashion-mnist')
     flops = {(8, 32): 1.0}
     every_epoch = growth_experiment.run_one(cfg, data, flops, 'scratch', 0, 6, (8, 32))
     sparse = growth_experiment.run_one(dict(cfg, max_evals=2), data, flops, 'scratch', 0, 6, (8, 32))
@@ -168,3 +168,35 @@ def test_a_rerun_reads_every_finished_run_from_the_cache_and_another_setting_tra
     assert growth_experiment.main(['--quick', '--seeds', '0,1', '--strategies', 'scratch', '--output', str(tmp_path),
                                    '--cache', str(cache)]) == 0
     assert '3 of 6 runs read' in capsys.readouterr().out
+
+
+def test_both_views_measure_where_a_ladder_reaches_the_scratch_bar():
+    import growth_experiment
+    cfg = dict(sizes=[[8, 32], [16, 64]])
+
+    def run(strategy, seed, points):
+        pts = [dict(flops=f, seconds=s, top1=t, stage=st) for f, s, t, st in points]
+        return dict(strategy=strategy, size=[16, 64], seed=seed, flops=pts[-1]['flops'],
+                    seconds=pts[-1]['seconds'], points=pts)
+
+    runs = [run('scratch', seed, [(50, 5, 70 + seed, '16/64'), (100, 10, 80 + 2 * seed, '16/64')])
+            for seed in (0, 1)]  # final top-1 80 and 82: mean 81, sd √2
+    runs += [run('ramp+continue', seed, [(10, 2, 60, '8/32'), (20, 4, 70, '8/32'), (20, 4, 70, 'grown to 16/64'),
+                                         (40, 6, 78, '16/64'), (60, 9, 81, '16/64')]) for seed in (0, 1)]
+    s = growth_experiment.summarize(cfg, runs)['ramp+continue 16/64']
+    # the bar is 81 − √2 ≈ 79.6, first met at 60 FLOPs and 9 s: 60% of scratch's FLOPs, 90% of its seconds
+    assert s['flops_fraction_at_reach'] == 0.6 and s['seconds_fraction_at_reach'] == 0.9
+    # reuse: from the growth at 20 FLOPs and 4 s, 40 more FLOPs and 5 more seconds
+    assert s['reuse_flops_fraction'] == 0.4 and s['reuse_seconds_fraction'] == 0.5
+    assert s['difference_is_within_spread'] and s['flops_fraction_total'] == 0.6
+
+
+def test_a_config_with_unknown_ladders_or_data_set_is_refused_before_anything_runs(tmp_path):
+    import growth_experiment
+    import yaml
+    cfg = yaml.safe_load((REPO / 'benchmarks' / 'growth_experiment.yaml').read_text())
+    for bad in (dict(ladders=['preserve+continue', 'double+continue']), dict(dataset='mnist')):
+        path = tmp_path / 'bad.yaml'
+        path.write_text(yaml.safe_dump(dict(cfg, **bad)))
+        with pytest.raises(SystemExit, match='ladders are MODE\\+SCHEDULE'):
+            growth_experiment.parse(['--config', str(path), '--output', str(tmp_path)])

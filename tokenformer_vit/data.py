@@ -370,17 +370,19 @@ class TensorBatches:
 
     uint8 N×C×H×W images and int64 labels, as the shard loader hands them to the engine. Training
     order is reshuffled every epoch from (seed, epoch), with a random horizontal flip per image if
-    `flip`; the last partial batch is dropped. `set_epoch(epoch, skip_batches)` and
+    `flip` and a random shift of up to `pad_crop` pixels each way (zero-padded, CIFAR's usual crop)
+    if `pad_crop`; the last partial batch is dropped. `set_epoch(epoch, skip_batches)` and
     `batches_per_rank` are the shard loader's, so that the job's loop drives either one.
     """
 
-    def __init__(self, images, labels, batch_size: int, training: bool = True, flip: bool = False, seed: int = 0):
+    def __init__(self, images, labels, batch_size: int, training: bool = True, flip: bool = False, seed: int = 0,
+                 pad_crop: int = 0):
         import torch
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(f'TensorBatches takes uint8 N×C×H×W images, not {images.dtype} of shape '
                             f'{tuple(images.shape)}: convert them with (x * 255).round().to(torch.uint8).')
         self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.training, self.flip, self.seed = training, flip, seed
+        self.training, self.flip, self.seed, self.pad_crop = training, flip, seed, pad_crop
         self.epoch, self.skip = 0, 0
         n = len(images)
         self.batches_per_rank = n // batch_size if training else -(-n // batch_size)
@@ -395,16 +397,22 @@ class TensorBatches:
     def __iter__(self):
         import torch
         n = len(self.images)
-        order, flips = torch.arange(n), None
+        order, flips, shifts, p = torch.arange(n), None, None, self.pad_crop
         if self.training:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=gen)
             flips = torch.rand(n, generator=gen) < 0.5 if self.flip else None
+            shifts = torch.randint(0, 2 * p + 1, (n, 2), generator=gen) if p else None
         for b in range(self.skip, self.batches_per_rank):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[rows]
             x = self.images[idx]
             if flips is not None:
-                x = torch.where(flips[b * self.batch_size:(b + 1) * self.batch_size, None, None, None], x.flip(-1), x)
+                x = torch.where(flips[rows, None, None, None], x.flip(-1), x)
+            if shifts is not None:
+                h, w = x.shape[-2:]
+                padded = torch.nn.functional.pad(x, (p, p, p, p))
+                x = torch.stack([img[:, i:i + h, j:j + w] for img, (i, j) in zip(padded, shifts[rows].tolist())])
             yield x, self.labels[idx]
         self.skip = 0
 
