@@ -25,26 +25,30 @@ def bare_matmuls(x: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tor
 
 
 class Timer:
-    """Milliseconds of one call: CUDA events on a GPU, the host clock around a sync elsewhere."""
+    """(milliseconds of one call, milliseconds the host spent issuing it): CUDA events on a GPU, the
+    host clock around a sync elsewhere (where the two are the same). On a GPU, a call whose host
+    time reaches its device time is bound by the host (Python, dispatch and launches), not the GPU."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith('cuda')
 
-    def __call__(self, fn) -> float:
+    def __call__(self, fn):
+        t0 = time.perf_counter()
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
+            host = (time.perf_counter() - t0) * 1e3
             end.synchronize()
-            return start.elapsed_time(end)
-        t0 = time.perf_counter()
+            return start.elapsed_time(end), host
         fn()
-        return (time.perf_counter() - t0) * 1e3
+        ms = (time.perf_counter() - t0) * 1e3
+        return ms, ms
 
 
 def interleaved_ms(fns, iters: int, device: str, warmup: int = 5):
-    """Median milliseconds of each function, calling them in turn, one call at a time."""
+    """Median (milliseconds, host milliseconds) of each function, calling them in turn, one call at a time."""
     timer = Timer(device)
     times = [[] for _ in fns]
     for i in range(warmup + iters):
@@ -52,7 +56,7 @@ def interleaved_ms(fns, iters: int, device: str, warmup: int = 5):
             ms = timer(fn)
             if i >= warmup:
                 t.append(ms)
-    return [statistics.median(t) for t in times]
+    return [tuple(statistics.median(x) for x in zip(*t)) for t in times]
 
 
 def measure(n: int, dim: int, batch: int, seq: int, iters: int, device: str, amp: bool, impls):
@@ -92,7 +96,8 @@ def measure(n: int, dim: int, batch: int, seq: int, iters: int, device: str, amp
     rows = []
     for name, wrap in (('fwd', fwd), ('fwd+bwd', fwd_bwd)):
         ms = interleaved_ms([wrap(f) for f in fns.values()], iters, device)
-        row = dict(tokens=n, pass_=name, **{f'{k}_ms': v for k, v in zip(fns, ms)})
+        row = dict(tokens=n, pass_=name, **{f'{k}_ms': v[0] for k, v in zip(fns, ms)},
+                   **{f'{k}_host_ms': v[1] for k, v in zip(fns, ms)})
         for impl in impls:
             row[f'{impl}_ratio'] = row[f'{impl}_ms'] / row['bare_ms']
         rows.append(row)
@@ -125,7 +130,9 @@ def main() -> None:
         for r in measure(n, args.dim, args.batch, args.seq, args.iters, args.device, args.amp, impls):
             rows.append(r)
             print(f'{r["tokens"]:>6} {r["pass_"]:>8} {r["bare_ms"]:>8.3f}'
-                  + ''.join(f' {r[i + "_ms"]:>9.3f} {r[i + "_ratio"]:>6.3f}' for i in impls), flush=True)
+                  + ''.join(f' {r[i + "_ms"]:>9.3f} {r[i + "_ratio"]:>6.3f}' for i in impls)
+                  + ('   host ms: ' + ', '.join(f'{k} {r[k + "_host_ms"]:.3f}' for k in ['bare', *impls])
+                     if args.device.startswith('cuda') else ''), flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=dev, amp='bf16' if args.amp else 'fp32', batch=args.batch, seq=args.seq,
