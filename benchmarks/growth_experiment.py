@@ -440,11 +440,15 @@ def _main(args, cfg) -> int:
     largest = cfg['sizes'][-1]
     for strategy in sorted({r['strategy'] for r in runs} - {'scratch'}):
         s = summary[f'{strategy} {largest[0]}/{largest[1]}']
-        pct = lambda x: f'{100 * x:.0f}%' if x is not None else 'never'  # noqa: E731
-        print(f'{strategy} ladder: reaches the largest scratch model\'s top-1 (within the spread) at '
-              f'{pct(s["flops_fraction_at_reach"])} of its FLOPs and {pct(s["seconds_fraction_at_reach"])} of its '
-              f'seconds; reuse: {pct(s["reuse_flops_fraction"])} of its FLOPs after the last growth; ends '
-              f'{s["difference_vs_scratch_largest"]:+.2f} points at {pct(s["flops_fraction_total"])} of its FLOPs')
+        pct = lambda x: f'{100 * x:.0f}%'  # noqa: E731
+        reach = (f'reaches the largest scratch model\'s top-1 (within the spread) at '
+                 f'{pct(s["flops_fraction_at_reach"])} of its FLOPs and {pct(s["seconds_fraction_at_reach"])} of '
+                 f'its seconds' if s['reaches_scratch_largest']
+                 else 'never reaches the largest scratch model\'s top-1 (within the spread)')
+        reuse = (f'from the last growth, {pct(s["reuse_flops_fraction"])} of its FLOPs'
+                 if s['reuse_flops_fraction'] is not None else 'not after the last growth either')
+        print(f'{strategy} ladder: {reach}; {reuse}; ends {s["difference_vs_scratch_largest"]:+.2f} points at '
+              f'{pct(s["flops_fraction_total"])} of its FLOPs')
     print(f'wrote {out / name}.json and .png ({time.time() - t0:.0f} s)')
     return 0
 
