@@ -200,7 +200,7 @@ def test_ramp_growth_moves_tau_over_its_epochs_and_a_run_stopped_mid_ramp_resume
     flags = ['--data-dir', shards, '--epochs', 3, '--log-every', 1, '--grow', '1:24:48', '--grow-mode', 'ramp',
              '--tau-ramp-epochs', 1.5]  # 6 steps an epoch: growth at step 6, τ at √n from step 15
     a, b = straight_and_stopped_in_epoch_2_then_resumed(flags, tmp_path, (12, 15))  # τ still moving
-    assert a[0]['step'] == b[0]['step'] == 18 and a[0]['growth_history'][0]['tau_ramp']['steps'] == 9
+    assert a[0]['step'] == b[0]['step'] == 18 and a[0]['growth_history'][0]['tau_ramp']['epochs'] == 1.5
     for k, v in a[1].items():
         assert torch.equal(v, b[1][k]), k
     assert a[1]['blocks.0.attn.q.tau'].item() == pytest.approx(24 ** 0.5)

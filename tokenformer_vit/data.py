@@ -409,10 +409,12 @@ class TensorBatches:
             x = self.images[idx]
             if flips is not None:
                 x = torch.where(flips[rows, None, None, None], x.flip(-1), x)
-            if shifts is not None:
-                h, w = x.shape[-2:]
+            if shifts is not None:  # one gather for the batch: rows i..i+h, columns j..j+w of each padded image
+                (b_, c, h, w), (i, j) = x.shape, shifts[rows].T
                 padded = torch.nn.functional.pad(x, (p, p, p, p))
-                x = torch.stack([img[:, i:i + h, j:j + w] for img, (i, j) in zip(padded, shifts[rows].tolist())])
+                ys = (i[:, None] + torch.arange(h))[:, None, :, None]
+                xs = (j[:, None] + torch.arange(w))[:, None, None, :]
+                x = padded[torch.arange(b_)[:, None, None, None], torch.arange(c)[None, :, None, None], ys, xs]
             yield x, self.labels[idx]
         self.skip = 0
 

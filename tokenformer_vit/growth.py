@@ -150,7 +150,7 @@ def grow_optimizer(optimizer: torch.optim.Optimizer, pairs: List[Tuple[nn.Parame
 def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens: Optional[int],
                         mode: str = 'preserve', *, optimizer: Optional[torch.optim.Optimizer] = None,
                         ema: Optional[nn.Module] = None, scheduler=None, step: int = 0, seed: int = 0,
-                        ramp_steps: int = 0) -> Dict[str, Any]:
+                        ramp_epochs: float = 1.0) -> Dict[str, Any]:
     """Grow a training run in place, the one way the job and every experiment grow:
 
     - the model, with new tokens drawn from `seed`;
@@ -160,10 +160,10 @@ def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens
       'restart' policy (engine.LRSchedule) starts its warmup and cosine again there.
 
     Returns the growth's record for the run's history: step, [old, new] token counts, mode, and in
-    'ramp' mode the τ ramp that `ramp_tau` then follows over `ramp_steps` optimizer steps.
+    'ramp' mode the τ ramp that `ramp_tau` then follows over `ramp_epochs` epochs.
     """
     old = (model.attn_tokens, model.ffn_tokens)
-    taus = kind_taus(model)
+    taus = kind_taus(model) if mode == 'ramp' else None
     pairs = grow_model(model, attn_tokens, ffn_tokens, mode, torch.Generator().manual_seed(seed))
     if ema is not None:
         grow_model(getattr(ema, 'module', ema), attn_tokens, ffn_tokens, mode, torch.Generator().manual_seed(seed))
@@ -173,7 +173,7 @@ def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens
         scheduler.grown(step)
     record = dict(step=step, attn_tokens=[old[0], model.attn_tokens], ffn_tokens=[old[1], model.ffn_tokens], mode=mode)
     if mode == 'ramp':
-        record['tau_ramp'] = tau_ramp_record(taus, model, ramp_steps)
+        record['tau_ramp'] = tau_ramp_record(taus, model, ramp_epochs)
     return record
 
 
@@ -194,25 +194,28 @@ def kind_taus(model: nn.Module) -> Dict[str, float]:
     return taus
 
 
-def tau_ramp_record(taus_before: Dict[str, float], model: nn.Module, steps: int) -> Dict[str, Any]:
-    """The ramp of a 'ramp' growth: over `steps` steps, each kind's τ from its kept value to √(new n)."""
+def tau_ramp_record(taus_before: Dict[str, float], model: nn.Module, epochs: float) -> Dict[str, Any]:
+    """The ramp of a 'ramp' growth: over `epochs` epochs, each kind's τ from its kept value to √(new n)."""
     new_n = dict(attn=model.attn_tokens, ffn=model.ffn_tokens)
-    return dict(steps=int(steps), **{kind: [tau, math.sqrt(new_n[kind])] for kind, tau in taus_before.items()})
+    return dict(epochs=float(epochs), **{kind: [tau, math.sqrt(new_n[kind])] for kind, tau in taus_before.items()})
 
 
-def ramp_tau(model: nn.Module, history: List[Dict[str, Any]], step: int) -> None:
+def ramp_tau(model: nn.Module, history: List[Dict[str, Any]], step: int, steps_per_epoch: int) -> None:
     """Set τ for optimizer step `step` while the run's latest growth is a 'ramp' one still in progress:
-    τ = from + (to − from)·(step − start)/steps, reaching `to` at start + steps (a later growth ends it)."""
-    record = history[-1] if history else None
-    ramp = record.get('tau_ramp') if record else None
-    if not ramp or not record['step'] <= step <= record['step'] + ramp['steps']:
+    τ = from + (to − from)·(step − start)/length, reaching `to` at start + length, where length is the
+    ramp's epochs in steps (at least one). A later growth ends it."""
+    ramp = history[-1].get('tau_ramp') if history else None
+    if not ramp:
         return
-    frac = (step - record['step']) / ramp['steps'] if ramp['steps'] else 1.0
+    start_step, length = history[-1]['step'], max(1, round(ramp['epochs'] * steps_per_epoch))
+    if not start_step <= step <= start_step + length:
+        return
+    frac = (step - start_step) / length
     with torch.no_grad():
         for kind, layers in _kind_layers(model).items():
             start, end = ramp[kind]
             for layer in layers:
-                layer.tau.fill_(start + (end - start) * frac)
+                layer.tau.fill_(end if frac == 1 else start + (end - start) * frac)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, atomic_file, read_checkpoint, save_atom
 from .config import ConfigError
 from .data import build_loader, read_info
 from .engine import LRSchedule, build_loss, build_optimizer, evaluate, train_one_epoch
-from .growth import GrowthError, kind_taus, grow_model, grow_training_state, ramp_tau, tau_ramp_record, token_counts
+from .growth import GrowthError, grow_training_state, ramp_tau, token_counts
 from .pattention import Pattention, set_pattention_impl
 from .triton_env import interpreting
 
@@ -359,12 +359,8 @@ def build_model(args, num_classes: int, resume: Optional[Dict] = None, source: s
         model = create_model(args, num_classes, attn, ffn)
         load_weights(model, state, str(args.initial_checkpoint), args)
         if (attn, ffn) != target:
-            taus = kind_taus(model)
-            grow_model(model, *target, mode=args.grow_mode, generator=torch.Generator().manual_seed(args.seed))
-            history.append(dict(epoch=0, step=0, attn_tokens=[attn, target[0]], ffn_tokens=[ffn, target[1]],
-                                mode=args.grow_mode, source=str(args.initial_checkpoint)))
-            if args.grow_mode == 'ramp':  # its length in steps is set by build_run, which knows the epoch
-                history[-1]['tau_ramp'] = tau_ramp_record(taus, model, 0)
+            record = grow_training_state(model, *target, args.grow_mode, seed=args.seed, ramp_epochs=args.tau_ramp_epochs)
+            history.append(dict(record, epoch=0, source=str(args.initial_checkpoint)))
     if (args.grow or args.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
         raise ConfigError(f'--grow and --initial-checkpoint need a Tokenformer-ViT; {args.model} has no parameter tokens.')
     return model, history
@@ -399,17 +395,9 @@ def build_run(args, model: torch.nn.Module, num_classes: int, updates_per_epoch:
               scaler=torch.amp.GradScaler('cuda') if amp == 'fp16' else None,
               amp_dtype={'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp],
               rank=rank, world=world, growth_history=list(growth_history))
-    for record in run.growth_history:  # a 'ramp' growth of --initial-checkpoint, before steps were known
-        if 'tau_ramp' in record and record.get('source') and not record['tau_ramp']['steps']:
-            record['tau_ramp']['steps'] = ramp_steps(args, updates_per_epoch)
     if resume is not None:
         run.load(resume)
     return run
-
-
-def ramp_steps(args, updates_per_epoch: int) -> int:
-    """The optimizer steps of a τ ramp: --tau-ramp-epochs, at least one step."""
-    return max(1, round(args.tau_ramp_epochs * updates_per_epoch))
 
 
 def grow_if_scheduled(run: Run, epoch: int) -> Optional[Dict]:
@@ -424,7 +412,7 @@ def grow_if_scheduled(run: Run, epoch: int) -> Optional[Dict]:
         mode = event['mode'] or args.grow_mode
         record = grow_training_state(run.model, event['attn_tokens'], event['ffn_tokens'], mode,
                                      optimizer=run.optimizer, ema=run.ema, scheduler=run.scheduler, step=run.step,
-                                     seed=args.seed * 7919 + epoch, ramp_steps=ramp_steps(args, run.updates_per_epoch))
+                                     seed=args.seed * 7919 + epoch, ramp_epochs=args.tau_ramp_epochs)
         record['epoch'] = epoch
         run.growth_history.append(record)
         run.train_model = run.wrap()
@@ -442,7 +430,7 @@ def train_epoch(run: Run, batches: Iterable, should_stop: Callable[[], bool] = l
     """engine.train_one_epoch with the run's parts, from the run's step; advances `run.step`. After
     each step, τ follows a 'ramp' growth in progress (growth.ramp_tau)."""
     def after_step(step: int, *rest) -> None:
-        ramp_tau(run.model, run.growth_history, step)
+        ramp_tau(run.model, run.growth_history, step, run.updates_per_epoch)
         on_step(step, *rest)
 
     result = train_one_epoch(run.train_model, batches, run.optimizer, run.scheduler, run.loss_fn, device=run.device,
