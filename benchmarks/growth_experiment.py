@@ -1,7 +1,8 @@
 """Growth against training from scratch on real data: the paper's Figure 1, for vision, at CPU scale.
 
-One Tokenformer-ViT (width, depth and patch fixed) at a ladder of parameter-token counts, on
-Fashion-MNIST (60,000 training / 10,000 test images, 28x28):
+One Tokenformer-ViT (width, depth and patch fixed) at a ladder of parameter-token counts, on the
+config's data set: Fashion-MNIST (growth_experiment.yaml, 60,000 training / 10,000 test images, 28x28)
+or CIFAR-10 (growth_cifar10.yaml, 50,000 / 10,000, 32x32):
   scratch:           every size trained from scratch for its `scratch_epochs`;
   MODE+SCHEDULE:     the smallest trained `ladder_epochs[0]` epochs, grown to the next size, trained
                      `ladder_epochs[1]`, and so on: the job's `--grow` with `--grow-mode MODE`
@@ -19,9 +20,13 @@ not on how many run beside it).
 Training FLOPs: forward + backward per image of each size, counted by torch's FlopCounterMode on
 one training step (matrix products and attention; 2 FLOPs per multiply-add; elementwise work is
 not counted), times the images seen at that size; a grown run's count includes all its stages.
+Training seconds likewise: each size's seconds per image, timed alone before the runs start, times
+the images seen at that size (the runs' own clocks, kept as `seconds_in_run`, count whatever else
+shared the cores).
 
-    python benchmarks/growth_experiment.py [--quick] [--seeds 0,1,2] [--strategies scratch,preserve+continue]
-        [--jobs N] [--output benchmarks/results]          # writes growth_vs_scratch.json and .png
+    python benchmarks/growth_experiment.py [--config benchmarks/growth_cifar10.yaml] [--quick] [--seeds 0,1,2]
+        [--strategies scratch,preserve+continue] [--jobs N] [--output benchmarks/results]
+        # writes growth_vs_scratch.json and .png (growth_vs_scratch_cifar10.* for CIFAR-10)
         # every finished run is also kept in OUTPUT/growth_runs/ (--cache): a rerun, or a study
         # stopped half-way and started again, reads those instead of training them again
     python benchmarks/growth_experiment.py --convergence [--seeds 0]
@@ -76,6 +81,41 @@ def train_flops_per_image(cfg, size) -> float:
     return counter.get_total_flops() / 8
 
 
+def train_seconds_per_image(cfg, size, batches: int = 10) -> float:
+    """Seconds of one training image at this size on this machine, timed alone (before any run
+    starts, with the caller's torch threads): `batches` steps of the job's Run on random images after
+    as many untimed ones. A run's own clock counts whatever shared the cores with it; the seconds view
+    multiplies these by the images that a run trained at each size instead."""
+    args = run_args(cfg, 'scratch', 0, 1, size)
+    model, _ = build_model(args, 10)
+    shape = dataset(cfg)['shape']
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batches * args.batch_size, *shape), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (len(images),), generator=gen)
+    tensor_batches = TensorBatches(images, labels, args.batch_size, seed=0, **dataset(cfg)['augment'])
+    run = build_run(args, model, 10, tensor_batches.batches_per_rank, mean=dataset(cfg)['mean'], std=dataset(cfg)['std'])
+    train_epoch(run, tensor_batches)  # untimed: first steps allocate
+    t0 = time.perf_counter()
+    train_epoch(run, tensor_batches)
+    return (time.perf_counter() - t0) / len(images)
+
+
+def with_timed_seconds(runs: list, seconds_per_image: dict) -> list:
+    """The runs with every point's and every run's seconds replaced by its training images at each size
+    times that size's seconds per image (train_seconds_per_image); the clock's own reading stays as
+    `seconds_in_run`. Logs that do not record their images (older runs) keep the clock's seconds."""
+    def timed(images: dict) -> float:
+        return sum(n * seconds_per_image[size] for size, n in images.items())
+    out = []
+    for r in runs:
+        if 'images' not in r or any('images' not in p for p in r['points']):
+            out.append(r)
+            continue
+        points = [dict(p, seconds=timed(p['images']), seconds_in_run=p['seconds']) for p in r['points']]
+        out.append(dict(r, points=points, seconds=timed(r['images']), seconds_in_run=r['seconds']))
+    return out
+
+
 def run_args(cfg, strategy: str, seed: int, epochs: int, size=None):
     """The job's flags for one run: a size from scratch, or the ladder grown as `strategy` says."""
     if strategy == 'scratch':
@@ -101,7 +141,7 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
     run = build_run(args, model, 10, batches.batches_per_rank, mean=ds['mean'], std=ds['std'])
     test = (test_x[:cfg['test_images']], test_y[:cfg['test_images']])
     log = dict(strategy=strategy, size=list(size or cfg['sizes'][-1]), seed=seed, epochs=args.epochs,
-               flops=0.0, seconds=0.0, points=[])
+               flops=0.0, seconds=0.0, points=[], images={})
     if strategy != 'scratch':
         log['ladder_epochs'] = cfg['ladder_epochs']
     # after every epoch, or every few epochs for long runs (at most max_evals), and at the end;
@@ -110,15 +150,18 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
     for epoch in range(args.epochs):
         if grow_if_scheduled(run, epoch):
             log['points'].append(dict(flops=log['flops'], seconds=log['seconds'], top1=test_top1(run, *test),
+                                      images=dict(log['images']),
                                       stage=f'grown to {run.model.attn_tokens}/{run.model.ffn_tokens}'))
         batches.set_epoch(epoch)
         t0 = time.perf_counter()
         result = train_epoch(run, batches)
         log['seconds'] += time.perf_counter() - t0
+        now = f'{run.model.attn_tokens}/{run.model.ffn_tokens}'
         log['flops'] += result['images'] * sizes_flops[(run.model.attn_tokens, run.model.ffn_tokens)]
+        log['images'][now] = log['images'].get(now, 0) + result['images']  # images trained at each size
         if (epoch + 1) % every == 0 or epoch + 1 == args.epochs:
             log['points'].append(dict(flops=log['flops'], seconds=log['seconds'], top1=test_top1(run, *test),
-                                      stage=f'{run.model.attn_tokens}/{run.model.ffn_tokens}', epoch=epoch + 1))
+                                      images=dict(log['images']), stage=now, epoch=epoch + 1))
     return log
 
 
@@ -263,7 +306,9 @@ def summarize(cfg, runs) -> dict:
     - whole ladder: the FLOPs and seconds at which the ladder, from its start, first reaches the bar,
       as fractions of the scratch run's;
     - reuse (the paper's view): given the trained smaller model, the FLOPs and seconds from the last
-      growth until the ladder reaches the bar, as fractions of the scratch run's."""
+      growth until the ladder reaches the bar, as fractions of the scratch run's;
+    and where the scratch run itself first does as well as the ladder's final top-1, as a fraction of
+    its FLOPs (what the ladder's end is worth in scratch compute)."""
     out = {}
     largest = cfg['sizes'][-1]
     for key in sorted({(r['strategy'], tuple(r['size'])) for r in runs}):
@@ -274,6 +319,7 @@ def summarize(cfg, runs) -> dict:
             flops=statistics.mean(r['flops'] for r in group), seconds=statistics.mean(r['seconds'] for r in group),
             seeds=len(finals))
     target = out[f'scratch {largest[0]}/{largest[1]}']
+    scratch_curve = _mean_curve([r['points'] for r in runs if r['strategy'] == 'scratch' and r['size'] == list(largest)])
     for strategy in sorted({r['strategy'] for r in runs} - {'scratch'}):
         ladder = out[f'{strategy} {largest[0]}/{largest[1]}']
         bar = target['top1'] - max(target['spread'], ladder['spread'])
@@ -281,6 +327,8 @@ def summarize(cfg, runs) -> dict:
         grown = curve[_last_growth(curve)]
         reached = next((p for p in curve if p['top1'] >= bar), None)
         reused = next((p for p in curve[_last_growth(curve):] if p['top1'] >= bar), None)
+        # the other way round: where the scratch run first does as well as the ladder's end
+        matched = next((p for p in scratch_curve if p['top1'] >= ladder['top1']), None)
         ladder.update(
             reaches_scratch_largest=reached is not None,
             flops_fraction_at_reach=reached['flops'] / target['flops'] if reached else None,
@@ -288,6 +336,7 @@ def summarize(cfg, runs) -> dict:
             reuse_flops_fraction=(reused['flops'] - grown['flops']) / target['flops'] if reused else None,
             reuse_seconds_fraction=(reused['seconds'] - grown['seconds']) / target['seconds'] if reused else None,
             flops_fraction_total=ladder['flops'] / target['flops'],
+            scratch_flops_fraction_at_ladder_top1=matched['flops'] / target['flops'] if matched else None,
             difference_vs_scratch_largest=ladder['top1'] - target['top1'],
             difference_is_within_spread=ladder['top1'] >= bar)
     return out
@@ -407,7 +456,9 @@ def main(argv=None) -> int:
 def _main(args, cfg) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    name = ('growth_convergence' if args.convergence else 'growth_vs_scratch') + ('_quick' if args.quick else '')
+    data = cfg.get('dataset', 'fashion-mnist')  # the Fashion-MNIST study keeps its files' names
+    name = (('growth_convergence' if args.convergence else 'growth_vs_scratch') + ('' if data == 'fashion-mnist' else f'_{data}')
+            + ('_quick' if args.quick else ''))
     sizes_flops = {tuple(s): train_flops_per_image(cfg, s) for s in cfg['sizes']}
     print('training GFLOPs per image: ' + ', '.join(f'{a}/{b}: {f / 1e9:.4f}' for (a, b), f in sizes_flops.items()),
           flush=True)
@@ -428,10 +479,14 @@ def _main(args, cfg) -> int:
     for seed in cfg['seeds']:
         tasks += [(cfg, sizes_flops, 'scratch', seed, e, tuple(s)) for s, e in zip(cfg['sizes'], cfg['scratch_epochs'])]
         tasks += [(cfg, sizes_flops, s, seed, 0, None) for s in args.strategies if s != 'scratch']
-    runs = execute_all(tasks, args.jobs, args.threads, t0, args.cache)
+    with _threads(args.threads):  # timed alone, before any run starts: see train_seconds_per_image
+        sizes_seconds = {f'{a}/{b}': train_seconds_per_image(cfg, (a, b)) for a, b in cfg['sizes']}
+    print('training ms per image, timed alone: ' + ', '.join(f'{k}: {1e3 * v:.3f}' for k, v in sizes_seconds.items()),
+          flush=True)
+    runs = with_timed_seconds(execute_all(tasks, args.jobs, args.threads, t0, args.cache), sizes_seconds)
     summary = summarize(cfg, runs)
     result = dict(meta, train_flops_per_image={f'{a}/{b}': f for (a, b), f in sizes_flops.items()},
-                  summary=summary, runs=runs, wall_seconds=time.time() - t0)
+                  train_seconds_per_image=sizes_seconds, summary=summary, runs=runs, wall_seconds=time.time() - t0)
     (out / f'{name}.json').write_text(json.dumps(result, indent=1))
     plot(cfg, runs, out / f'{name}.png')
     print(f'\n{"run":<30}{"top-1 %":>10}{"± sd":>7}{"TFLOPs":>9}{"s":>7}')
@@ -447,8 +502,10 @@ def _main(args, cfg) -> int:
                  else 'never reaches the largest scratch model\'s top-1 (within the spread)')
         reuse = (f'from the last growth, {pct(s["reuse_flops_fraction"])} of its FLOPs'
                  if s['reuse_flops_fraction'] is not None else 'not after the last growth either')
+        worth = (f'; the scratch run is as good after {pct(s["scratch_flops_fraction_at_ladder_top1"])} of its FLOPs'
+                 if s['scratch_flops_fraction_at_ladder_top1'] is not None else '')
         print(f'{strategy} ladder: {reach}; {reuse}; ends {s["difference_vs_scratch_largest"]:+.2f} points at '
-              f'{pct(s["flops_fraction_total"])} of its FLOPs')
+              f'{pct(s["flops_fraction_total"])} of its FLOPs{worth}')
     print(f'wrote {out / name}.json and .png ({time.time() - t0:.0f} s)')
     return 0
 

@@ -3,7 +3,8 @@ the normalisation and the training augmentation that each study uses (data.Tenso
 
     fashion-mnist: 60,000 / 10,000 28×28 grey images, random flips;
     cifar10:       50,000 / 10,000 32×32 colour images, random flips and shifts of up to 4 pixels
-                   (CIFAR's usual pad-and-crop).
+                   (CIFAR's usual pad-and-crop); each split in one fixed random order, since the
+                   class folders come one class after another.
 """
 import torch
 
@@ -25,7 +26,10 @@ def load_dataset(name: str):
     for split in ('train', 'test'):
         if name == 'cifar10':
             images, labels = load_cifar10(split)
-            images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+            # the folders come class by class: a fixed shuffle, so that any prefix (--quick's) holds every class
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+            images = torch.from_numpy(images).permute(0, 3, 1, 2)[order].contiguous()
+            labels = labels[order.numpy()]
         else:
             images, labels = load_fashion_mnist(split)
             images = torch.from_numpy(images.copy()).unsqueeze(1)

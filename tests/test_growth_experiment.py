@@ -155,7 +155,10 @@ def test_a_rerun_reads_every_finished_run_from_the_cache_and_another_setting_tra
     printed = capsys.readouterr().out
     assert f'{len(result["runs"])} of {len(result["runs"])} runs read from' in printed
     again = json.loads((out / 'growth_vs_scratch_quick.json').read_text())
-    assert again['summary'] == result['summary']
+
+    def clock_free(summary):  # seconds come from each invocation's own timing (train_seconds_per_image)
+        return {k: {f: v for f, v in s.items() if 'seconds' not in f} for k, s in summary.items()}
+    assert clock_free(again['summary']) == clock_free(result['summary'])
     assert all(r['cached'] for r in again['runs'])
     # a study stopped half-way keeps its finished runs: here one seed's, then all three seeds
     cache = tmp_path / 'cache'
@@ -189,6 +192,10 @@ def test_both_views_measure_where_a_ladder_reaches_the_scratch_bar():
     # reuse: from the growth at 20 FLOPs and 4 s, 40 more FLOPs and 5 more seconds
     assert s['reuse_flops_fraction'] == 0.4 and s['reuse_seconds_fraction'] == 0.5
     assert s['difference_is_within_spread'] and s['flops_fraction_total'] == 0.6
+    # the scratch run (mean 70.5 at 50 FLOPs, 81 at 100) first does as well as the ladder's 81 at its end
+    assert s['scratch_flops_fraction_at_ladder_top1'] == 1.0
+    runs += [run('paper+restart', seed, [(20, 4, 65, 'grown to 16/64'), (60, 9, 70, '16/64')]) for seed in (0, 1)]
+    assert growth_experiment.summarize(cfg, runs)['paper+restart 16/64']['scratch_flops_fraction_at_ladder_top1'] == 0.5
 
 
 def test_a_config_with_unknown_ladders_or_data_set_is_refused_before_anything_runs(tmp_path):
@@ -200,3 +207,62 @@ def test_a_config_with_unknown_ladders_or_data_set_is_refused_before_anything_ru
         path.write_text(yaml.safe_dump(dict(cfg, **bad)))
         with pytest.raises(SystemExit, match='ladders are MODE\\+SCHEDULE'):
             growth_experiment.parse(['--config', str(path), '--output', str(tmp_path)])
+
+
+def test_every_point_counts_the_images_trained_at_each_size_and_seconds_are_those_times_the_timed_rate(quick):
+    result, _ = quick
+    cfg, rate = result['config'], result['train_seconds_per_image']
+    images = cfg['train_images'] // cfg['job']['batch_size'] * cfg['job']['batch_size']
+    assert all(rate[f'{a}/{b}'] > 0 for a, b in cfg['sizes'])
+    for r in result['runs']:
+        stages = [(r['size'], r['epochs'])] if r['strategy'] == 'scratch' else zip(cfg['sizes'], cfg['ladder_epochs'])
+        assert r['images'] == {f'{a}/{b}': e * images for (a, b), e in stages}, r['strategy']
+        assert r['seconds'] == pytest.approx(sum(n * rate[k] for k, n in r['images'].items()), rel=1e-12)
+        assert r['seconds_in_run'] > 0 and r['points'][-1]['images'] == r['images']
+
+
+def test_timed_seconds_replace_the_clock_only_where_a_log_records_its_images():
+    import growth_experiment
+    new = dict(seconds=99.0, images={'8/32': 10, '16/64': 20},
+               points=[dict(seconds=1.0, images={'8/32': 10}), dict(seconds=99.0, images={'8/32': 10, '16/64': 20})])
+    old = dict(seconds=7.0, points=[dict(seconds=7.0)])  # written before logs counted images
+    timed_new, timed_old = growth_experiment.with_timed_seconds([new, old], {'8/32': 0.5, '16/64': 2.0})
+    assert [p['seconds'] for p in timed_new['points']] == [5.0, 45.0] and timed_new['seconds'] == 45.0
+    assert timed_new['seconds_in_run'] == 99.0 and timed_new['points'][0]['seconds_in_run'] == 1.0
+    assert timed_old == old
+
+
+def _fake_cifar10(split):
+    """Class-sorted like the JPEG folders: every image's pixels hold its label."""
+    import numpy as np
+    per_class = 130 if split == 'train' else 50
+    labels = np.repeat(np.arange(10), per_class).astype(np.int64)
+    return np.broadcast_to(labels[:, None, None, None].astype(np.uint8), (len(labels), 32, 32, 3)).copy(), labels
+
+
+def test_cifar10_study_data_comes_in_a_fixed_shuffle_so_a_prefix_holds_every_class(monkeypatch):
+    import torch
+    import study_data
+    monkeypatch.setattr(study_data, 'load_cifar10', _fake_cifar10)
+    train_x, train_y, test_x, test_y = study_data.load_dataset('cifar10')
+    assert train_x.shape == (1300, 3, 32, 32) and test_x.shape == (500, 3, 32, 32)
+    assert set(train_y[:100].tolist()) == set(range(10)) and set(test_y[:100].tolist()) == set(range(10))
+    assert (train_x[:, 0, 0, 0].long() == train_y).all() and (test_x[:, 0, 0, 0].long() == test_y).all()
+    assert torch.equal(study_data.load_dataset('cifar10')[1], train_y)  # the same order every time
+
+
+def test_the_cifar10_config_runs_quick_and_writes_its_own_files(monkeypatch, tmp_path):
+    import growth_experiment
+    import study_data
+    monkeypatch.setattr(study_data, 'load_cifar10', _fake_cifar10)
+    growth_experiment._data.cache_clear()
+    try:
+        assert growth_experiment.main(['--config', str(REPO / 'benchmarks' / 'growth_cifar10.yaml'), '--quick',
+                                       '--seeds', '0', '--jobs', '1', '--strategies', 'scratch,ramp+restart',
+                                       '--output', str(tmp_path), '--cache', 'none']) == 0
+    finally:
+        growth_experiment._data.cache_clear()
+    result = json.loads((tmp_path / 'growth_vs_scratch_cifar10_quick.json').read_text())
+    assert (tmp_path / 'growth_vs_scratch_cifar10_quick.png').is_file()
+    assert result['config']['dataset'] == 'cifar10' and 'ramp+restart 128/512' in result['summary']
+    assert not (tmp_path / 'growth_vs_scratch_quick.json').exists()  # Fashion-MNIST's name stays its own
