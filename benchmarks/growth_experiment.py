@@ -87,13 +87,9 @@ def train_seconds_per_image(cfg, size, batches: int = 10) -> float:
     as many untimed ones. A run's own clock counts whatever shared the cores with it; the seconds view
     multiplies these by the images that a run trained at each size instead."""
     args = run_args(cfg, 'scratch', 0, 1, size)
-    model, _ = build_model(args, 10)
-    shape = dataset(cfg)['shape']
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batches * args.batch_size, *shape), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, 10, (len(images),), generator=gen)
-    tensor_batches = TensorBatches(images, labels, args.batch_size, seed=0, **dataset(cfg)['augment'])
-    run = build_run(args, model, 10, tensor_batches.batches_per_rank, mean=dataset(cfg)['mean'], std=dataset(cfg)['std'])
+    images = torch.randint(0, 256, (batches * args.batch_size, *dataset(cfg)['shape']), dtype=torch.uint8, generator=gen)
+    run, tensor_batches = build_study_run(cfg, args, images, torch.randint(0, 10, (len(images),), generator=gen))
     train_epoch(run, tensor_batches)  # untimed: first steps allocate
     t0 = time.perf_counter()
     train_epoch(run, tensor_batches)
@@ -130,15 +126,21 @@ def run_args(cfg, strategy: str, seed: int, epochs: int, size=None):
                            grow_schedule=schedule))
 
 
+def build_study_run(cfg, args, images, labels):
+    """The job's Run for these flags, and its in-memory batches of `images` with the data set's
+    augmentation and normalisation."""
+    model, _ = build_model(args, 10)
+    ds = dataset(cfg)
+    batches = TensorBatches(images, labels, args.batch_size, seed=args.seed, **ds['augment'])
+    return build_run(args, model, 10, batches.batches_per_rank, mean=ds['mean'], std=ds['std']), batches
+
+
 def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, size=None) -> dict:
     """Train one run through the job's Run; test top-1 after the scheduled epochs and each growth."""
     train_x, train_y, test_x, test_y = data
     n = cfg['train_images']
     args = run_args(cfg, strategy, seed, epochs, size)
-    model, _ = build_model(args, 10)
-    ds = dataset(cfg)
-    batches = TensorBatches(train_x[:n], train_y[:n], args.batch_size, seed=seed, **ds['augment'])
-    run = build_run(args, model, 10, batches.batches_per_rank, mean=ds['mean'], std=ds['std'])
+    run, batches = build_study_run(cfg, args, train_x[:n], train_y[:n])
     test = (test_x[:cfg['test_images']], test_y[:cfg['test_images']])
     log = dict(strategy=strategy, size=list(size or cfg['sizes'][-1]), seed=seed, epochs=args.epochs,
                flops=0.0, seconds=0.0, points=[], images={})
