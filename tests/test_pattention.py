@@ -69,7 +69,18 @@ def test_fast_path_gradcheck_in_float64():
     k = torch.randn(20, 12, dtype=torch.float64, requires_grad=True)
     v = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
     tau = torch.tensor(math.sqrt(20.), dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda x, k, v: _L2GeluPattention.apply(x, k, v, tau, 1e-6), (x, k, v))
+    assert torch.autograd.gradcheck(lambda x, k, v: _L2GeluPattention.apply(1e-6, None, x, k, v, tau), (x, k, v))
+
+
+def test_stacked_fast_path_gradcheck_in_float64():
+    # three layers on one input, each with its own τ: the stacked batched-GEMM path's gradients
+    torch.manual_seed(12)
+    x = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+    keys = [torch.randn(20, 12, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    values = [torch.randn(20, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    taus = [torch.tensor(t, dtype=torch.float64) for t in (4.0, 4.5, 2.0)]
+    assert torch.autograd.gradcheck(lambda x, *kv: _L2GeluPattention.apply(1e-6, None, x, *kv, *taus),
+                                    (x, *keys, *values))
 
 
 def test_fast_path_equals_reference_path_and_saves_one_score_tensor():

@@ -22,7 +22,7 @@ is below 1e-8 relative.
 """
 import contextlib
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from .triton_env import interpreting
 
-__all__ = ['Pattention', 'PATTENTION_NORMS', 'PATTENTION_IMPLS', 'set_pattention_impl', 'theta']
+__all__ = ['Pattention', 'PATTENTION_NORMS', 'PATTENTION_IMPLS', 'pattention', 'stacked_pattention',
+           'set_pattention_impl', 'theta']
 
 PATTENTION_NORMS = ('l2_gelu', 'gelu_l2', 'softmax')
 NORM_EPS = 1e-6
@@ -43,15 +44,27 @@ PATTENTION_IMPLS = ('auto', 'fused', 'torch')
 AUTO_PICKS_FUSED = False
 
 
+def _accumulation_dtype(a: torch.Tensor) -> Optional[torch.dtype]:
+    # fp16/bf16 scores: their squared norm can overflow fp16, so it is accumulated in fp32
+    return torch.float32 if a.dtype in (torch.float16, torch.bfloat16) else None
+
+
 def _inv_norm(a: torch.Tensor, tau: torch.Tensor, eps: float) -> torch.Tensor:
-    """τ / √(‖a‖² + ε) per row, accumulated in fp32 so fp16/bf16 scores cannot overflow."""
-    acc = torch.promote_types(a.dtype, torch.float32)
-    sq = torch.linalg.vector_norm(a, dim=-1, keepdim=True, dtype=acc).square()
-    return tau.to(acc) * torch.rsqrt(sq + eps)
+    """τ / √(‖a‖² + ε) per row (the reference formulation: out of place, so autograd can see it)."""
+    sq = torch.linalg.vector_norm(a, dim=-1, keepdim=True, dtype=_accumulation_dtype(a)).square()
+    return tau * torch.rsqrt(sq + eps)
+
+
+def _row_scale(a: torch.Tensor, tau: torch.Tensor, eps: float) -> torch.Tensor:
+    """τ / √(‖a‖² + ε) per row, as `_inv_norm`, in as few ops as possible (the fast path's)."""
+    norm = torch.linalg.vector_norm(a, dim=-1, keepdim=True, dtype=_accumulation_dtype(a))
+    return norm.square_().add_(eps).rsqrt_().mul_(tau)
 
 
 def theta(scores: torch.Tensor, norm: str, tau: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """Θ, the modified softmax of the paper, over the last dimension (the reference formulation)."""
+    """Θ, the modified softmax of the paper, over the last dimension (the reference formulation).
+
+    τ is a 0-d tensor, or one τ per leading slice for stacked layers (shape (G, 1, 1))."""
     if norm == 'l2_gelu':
         return F.gelu(scores * _inv_norm(scores, tau, eps).to(scores.dtype))
     if norm == 'gelu_l2':
@@ -63,42 +76,120 @@ def theta(scores: torch.Tensor, norm: str, tau: torch.Tensor, eps: float = NORM_
     raise ValueError('Unknown Pattention norm ' + norm + ': use one of l2_gelu, gelu_l2, softmax.')
 
 
+def _stack(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], taus: Sequence[torch.Tensor]):
+    """(K, V, τ) of one layer, or of G layers stacked: (G × n × d_in), (G × n × d_out), (G × 1 × 1)."""
+    if len(keys) == 1:
+        return keys[0], values[0], taus[0]
+    return torch.stack(keys), torch.stack(values), torch.stack(taus).view(-1, 1, 1)
+
+
 class _L2GeluPattention(torch.autograd.Function):
-    """Θ = l2_gelu Pattention with a hand-written backward.
+    """Θ = l2_gelu Pattention with a hand-written backward, for G ≥ 1 layers that read the same input.
+
+    Arguments: ε, the matmul dtype (None: the input's), x (m × d_in), then the G keys (n × d_in),
+    the G values (n × d_out) and the G τ (0-d). One layer gives Y (m × d_out); G layers give
+    (G × m × d_out), their tokens stacked so that each matmul is one batched GEMM.
 
     Autograd would keep three (m × n) tensors per layer (the scores, the normalised scores and the
-    GeLU output); this keeps one, the normalised scores Z = S·A (S = τ/√(‖A‖² + ε), one per row),
-    and recomputes GeLU(Z) in backward. The row scale S is folded into the (m × d) side of the
-    backward matmuls rather than applied to an (m × n) tensor, and the normalisation is a row norm
-    plus one in-place scale, not `F.rms_norm`, because backward needs the row scale S itself.
+    GeLU output) and dispatch about twice the ops; this keeps one, the normalised scores
+    Z = S·A (S = τ/√(‖A‖² + ε), one per row), recomputes GeLU(Z) in backward, and works in place.
+    Stacking and casting happen inside, so that backward hands each parameter its gradient in its
+    own dtype with one cast and one split per stack.
     """
 
     @staticmethod
-    def forward(ctx, x, key, value, tau, eps):
-        z = x @ key.t()
-        s = _inv_norm(z, tau, eps)
-        z.mul_(s.to(z.dtype))
-        y = F.gelu(z) @ value
+    def forward(ctx, eps, dtype, x, *params):
+        g = len(params) // 3
+        key, value, tau = _stack(params[:g], params[g:2 * g], params[2 * g:])
+        ctx.dtypes = (x.dtype, key.dtype, value.dtype)
+        if dtype is not None:
+            x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
+        mm, x = (torch.mm, x) if g == 1 else (torch.bmm, x.expand(g, -1, -1))
+        z = mm(x, key.mT)
+        s = _row_scale(z, tau, eps)
+        z.mul_(s)
+        y = mm(F.gelu(z), value)
         ctx.save_for_backward(x, key, value, tau, z, s)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, key, value, tau, z, s = ctx.saved_tensors
-        dy = dy.contiguous()
+        g = len(ctx.needs_input_grad[3:]) // 3
+        x_dtype, key_dtype, value_dtype = ctx.dtypes
+        mm = torch.mm if g == 1 else torch.bmm
         # through the second matmul and GeLU: dZ = GeLU'(Z) ⊙ (dY · Vᵀ), in place
-        dz = dy @ value.t()
+        dz = mm(dy, value.mT)
         torch.ops.aten.gelu_backward.grad_input(dz, z, grad_input=dz)
         h = F.gelu(z)
-        dvalue = h.t() @ dy if ctx.needs_input_grad[2] else None
-        # through Z = S·A with S = τ/√(‖A‖² + ε):  dA = S ⊙ (dZ − Z (Z·dZ) / τ²)
-        coef = torch.mul(z, dz, out=h).sum(-1, keepdim=True).div_(tau.to(z.dtype).square())
-        dz.addcmul_(z, coef, value=-1)
-        s = s.to(dz.dtype)
-        # dA = S ⊙ dZ', with S applied on the narrow (m × d) side of each matmul
-        dx = (dz @ key).mul_(s) if ctx.needs_input_grad[0] else None
-        dkey = dz.t() @ (x * s) if ctx.needs_input_grad[1] else None
-        return dx, dkey, dvalue, None, None
+        dvalue = mm(h.mT, dy).to(value_dtype)
+        # through Z = S·A with S = τ/√(‖A‖² + ε):  dA = S ⊙ (dZ − Z (Z·dZ) / τ²), in place
+        coef = torch.mul(z, dz, out=h).sum(-1, keepdim=True).div_(tau.square())
+        da = dz.addcmul_(z, coef, value=-1).mul_(s)
+        dx = mm(da, key)
+        dx = (dx if g == 1 else dx.sum(0)).to(x_dtype)
+        dkey = mm(da.mT, x).to(key_dtype)
+        if g == 1:
+            return None, None, dx, dkey, dvalue, None
+        return (None, None, dx, *dkey.unbind(0), *dvalue.unbind(0)) + (None,) * g
+
+
+def _l2_gelu_inference(x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor,
+                       eps: float) -> torch.Tensor:
+    """The fast path's forward when nothing is saved for backward: Θ in place on the scores."""
+    mm, xs = (torch.mm, x) if key.dim() == 2 else (torch.bmm, x.expand(key.shape[0], -1, -1))
+    a = mm(xs, key.mT)
+    a.mul_(_row_scale(a, tau, eps))
+    return mm(torch.ops.aten.gelu_(a), value)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast runs matmuls in on this device type, or None when autocast is off."""
+    # torch.amp.is_autocast_available is a builtin that torch 2.11's dynamo cannot trace (a graph
+    # break): under torch.compile the device is one that compiles, where autocast always exists
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+def _pattention(x: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
+                taus: Sequence[torch.Tensor], norm: str, eps: float) -> torch.Tensor:
+    if norm != 'l2_gelu':  # the reference formulation
+        key, value, tau = _stack(keys, values, taus)
+        if len(keys) > 1:
+            x = x.expand(len(keys), -1, -1)
+        return theta(x @ key.mT, norm, tau, eps) @ value
+    device_type = x.device.type
+    dtype = _autocast_dtype(device_type)
+    if dtype is None and x.dtype != keys[0].dtype:
+        raise TypeError(f'Pattention got input of dtype {x.dtype} for parameters of dtype {keys[0].dtype}: '
+                        f'cast the input or the model, or run under torch.autocast.')
+    # the autograd function casts as autocast would for the matmuls, and runs outside autocast
+    with torch.autocast(device_type, enabled=False) if dtype is not None else contextlib.nullcontext():
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in (*keys, *values))):
+            return _L2GeluPattention.apply(eps, dtype, x, *keys, *values, *taus)
+        key, value, tau = _stack(keys, values, taus)
+        if dtype is not None:
+            x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
+        return _l2_gelu_inference(x, key, value, tau, eps)
+
+
+def pattention(x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor, norm: str = 'l2_gelu',
+               eps: float = NORM_EPS) -> torch.Tensor:
+    """Pattention as a function, Θ(x · Kᵀ) · V, on 2-D x (m × d_in) through the fastest torch path:
+    K (n × d_in), V (n × d_out) and a 0-d τ give (m × d_out).
+
+    Under autocast the matmuls run in autocast's dtype; under torch.compile the reference
+    formulation is traced, for the compiler to fuse.
+    """
+    return _pattention(x, (key,), (value,), (tau,), norm, eps)
+
+
+def stacked_pattention(x: torch.Tensor, layers: Sequence['Pattention']) -> torch.Tensor:
+    """Several Pattentions of one shape applied to the same 2-D x, as one layer of stacked tokens:
+    (len(layers) × m × d_out) from two batched GEMMs. Q, K and V of attention run this way."""
+    return _pattention(x, [layer.key_tokens for layer in layers], [layer.value_tokens for layer in layers],
+                       [layer.tau for layer in layers], layers[0].norm, layers[0].eps)
 
 
 class Pattention(nn.Module):
@@ -174,50 +265,29 @@ class Pattention(nn.Module):
         # Pattention(X) = Θ(X · Kᵀ) · V, as written in the paper
         return theta(x @ self.key_tokens.t(), self.norm, self.tau, self.eps) @ self.value_tokens
 
-    def _cast_for_matmuls(self, x: torch.Tensor):
-        """(x, K, V, autocast on?) in the dtype the matmuls run in: autocast's, else the input's."""
-        key, value = self.key_tokens, self.value_tokens
-        device_type = x.device.type
-        autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-        if autocast:
-            # the custom function and op run outside autocast, so cast as autocast would for the matmuls
-            dtype = torch.get_autocast_dtype(device_type)
-            x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
-        elif x.dtype != key.dtype:
-            raise TypeError(f'Pattention got input of dtype {x.dtype} for parameters of dtype {key.dtype}: '
-                            f'cast the input or the model, or run under torch.autocast.')
-        return x, key, value, autocast
-
     @torch.jit.unused
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         from .triton_pattention import l2_gelu_pattention
         if x.device.type != 'cuda' and not interpreting():
             raise RuntimeError(f"Pattention impl='fused' runs on CUDA tensors, got a {x.device.type} tensor: use "
                                f"impl='auto' or 'torch' there (or TRITON_INTERPRET=1 to test the kernels on the CPU).")
-        x, key, value, autocast = self._cast_for_matmuls(x)
+        key, value = self.key_tokens, self.value_tokens
+        dtype = _autocast_dtype(x.device.type)
+        if dtype is not None:
+            # the custom op runs outside autocast: cast as autocast would for the matmuls
+            x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
+        elif x.dtype != key.dtype:
+            raise TypeError(f'Pattention got input of dtype {x.dtype} for parameters of dtype {key.dtype}: '
+                            f'cast the input or the model, or run under torch.autocast.')
         lead = x.shape[:-1]
-        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             y = l2_gelu_pattention(x.reshape(-1, x.shape[-1]), key, value, self.tau, self.eps)
         return y.reshape(*lead, y.shape[-1])
 
     @torch.jit.unused
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm != 'l2_gelu' or torch.compiler.is_compiling():
-            # torch.compile fuses the reference formulation itself, and picks what to recompute
-            return self._forward_reference(x)
-        x, key, value, autocast = self._cast_for_matmuls(x)
-        device_type = x.device.type
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
-        if torch.is_grad_enabled() and (x.requires_grad or key.requires_grad or value.requires_grad):
-            with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
-                y = _L2GeluPattention.apply(x2, key, value, self.tau, self.eps)
-        else:
-            # nothing to save for backward: normalise and activate the scores in place
-            a = x2 @ key.t()
-            a.mul_(_inv_norm(a, self.tau, self.eps).to(a.dtype))
-            y = torch.ops.aten.gelu_(a) @ value
-        return y.reshape(*lead, y.shape[-1])
+        y = pattention(x.reshape(-1, x.shape[-1]), self.key_tokens, self.value_tokens, self.tau, self.norm, self.eps)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 def _check_impl(impl: str, norm: str) -> None:

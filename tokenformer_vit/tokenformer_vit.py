@@ -35,11 +35,11 @@ from timm.models._features import feature_take_indices
 from timm.models._input import update_model_args, update_model_input_size
 
 from .errors import GrowthError
-from .pattention import Pattention
+from .pattention import Pattention, stacked_pattention
 
 __all__ = ['TokenformerViT', 'TokenformerAttention', 'TokenformerBlock', 'token_counts']
 
-# a leaf for torch.fx: its fast path is an autograd.Function that symbolic tracing cannot enter
+# leaves for torch.fx: their fast paths are an autograd.Function that symbolic tracing cannot enter
 register_notrace_module(Pattention)
 
 # the key tokens of a block's attention projections and of its FFN, in a state dict (DDP's and
@@ -62,6 +62,7 @@ def token_counts(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint'
 
 
 
+@register_notrace_module  # a leaf for torch.fx (above): Q, K and V run as one stacked Pattention
 class TokenformerAttention(nn.Module):
     """Multi-head self-attention whose Q, K, V and output projections are Pattention layers."""
 
@@ -92,13 +93,24 @@ class TokenformerAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
-        q = self.q(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        if torch.jit.is_scripting() or 'fused' in (self.q.impl, self.k.impl, self.v.impl):
+            q = self.q(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+            k = self.k(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+            v = self.v(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        else:
+            q, k, v = self._qkv(x)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.)
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
+
+    @torch.jit.unused
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Q, K and V read the same input with the same token count: one stacked Pattention, two
+        # batched GEMMs instead of six (the state dict keeps the three layers)
+        B, N, C = x.shape
+        qkv = stacked_pattention(x.reshape(B * N, C), (self.q, self.k, self.v))
+        return qkv.view(3, B, N, self.num_heads, self.head_dim).transpose(2, 3).unbind(0)
 
 
 class TokenformerBlock(nn.Module):
