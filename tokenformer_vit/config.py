@@ -15,7 +15,11 @@ from .growth import GROWTH_MODES, GROW_SCHEDULES
 from .pattention import PATTENTION_IMPLS
 from .transforms import MAX_IMAGE_PIXELS
 
-__all__ = ['ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'job_args']
+__all__ = ['COMPILE_MODES', 'ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'job_args']
+
+
+# torch.compile's modes; those that capture CUDA graphs mark every training step (engine.train_one_epoch)
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune')
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--clip-grad', type=float, default=None)
     g.add_argument('--ema-decay', type=float, default=0.9999, help='0 disables the EMA')
     g.add_argument('--amp', default=None, choices=['bf16', 'fp16', 'none'], help='default: bf16 on CUDA, none on CPU')
-    g.add_argument('--compile', action='store_true', help='torch.compile the model')
+    g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=False,
+                   help='torch.compile the model for training and evaluation (recompiled once per size after a growth)')
+    g.add_argument('--compile-mode', default='default', choices=COMPILE_MODES,
+                   help="torch.compile's mode, with --compile: reduce-overhead captures each step as a CUDA graph "
+                        "(CUDA), max-autotune-no-cudagraphs times inductor's GEMM templates and fusions")
     g = p.add_argument_group('run')
     g.add_argument('--output', default=None, help='run folder: checkpoints, logs; a rerun resumes from it')
     g.add_argument('--seed', type=int, default=0)
@@ -251,6 +259,8 @@ def _check_values(args: argparse.Namespace) -> None:
         raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
     if not 0 <= args.ema_decay < 1:
         raise ConfigError(f'--ema-decay is {args.ema_decay}: use a decay in [0, 1) (0 disables the EMA).')
+    if args.compile_mode != 'default' and not args.compile:
+        raise ConfigError(f'--compile-mode {args.compile_mode} takes effect only with --compile: add --compile.')
     for event in args.grow:
         if event['epoch'] >= args.epochs:
             raise ConfigError(f'--grow at epoch {event["epoch"]} never happens in a run of --epochs {args.epochs} '

@@ -106,10 +106,12 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, mixup=None, ema=None,
                     clip_grad: Optional[float] = None, raw_model: Optional[torch.nn.Module] = None,
                     should_stop: Callable[[], bool] = lambda: False,
-                    on_step: Callable[[int, float, float, int], None] = lambda *a: None) -> Dict:
+                    on_step: Callable[[int, float, float, int], None] = lambda *a: None,
+                    mark_cuda_graph_steps: bool = False) -> Dict:
     """Train on `batches` from global step `step`; returns the new step, the mean loss, the images
     seen by this rank and whether it stopped early for a preemption. `model` may be wrapped (DDP,
-    torch.compile); `raw_model` is the module the EMA follows."""
+    torch.compile); `raw_model` is the module the EMA follows. `mark_cuda_graph_steps`: the model
+    replays CUDA graphs (torch.compile's reduce-overhead), so each step is marked as a new one."""
     model.train()
     loss_sum, loss_count, images, stopped = torch.zeros((), device=device), 0, 0, False
     for x, y in batches:
@@ -118,6 +120,8 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
         y = y.to(device, non_blocking=True)
         if mixup is not None:
             x, y = mixup(x, y)
+        if mark_cuda_graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(device, amp_dtype):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)

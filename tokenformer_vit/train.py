@@ -297,17 +297,34 @@ class Run:
     growth_history: List[Dict] = field(default_factory=list)
     log: Dict[str, list] = field(default_factory=lambda: dict(epochs=[], steps=[]))
     train_model: Optional[torch.nn.Module] = None  # the model as trained: compiled, wrapped in DDP
+    eval_model: Optional[torch.nn.Module] = None  # the model as evaluated: compiled
+    eval_ema: Optional[torch.nn.Module] = None  # the EMA as evaluated: compiled
 
     def __post_init__(self):
         if self.train_model is None:
-            self.train_model = self.wrap()
+            self.wrap()
 
-    def wrap(self) -> torch.nn.Module:
-        m = torch.compile(self.model) if self.args.compile else self.model
+    def wrap(self) -> None:
+        """The modules that train and evaluate: compiled with --compile, the trained one in DDP on
+        several ranks. Made anew after a growth; a compiled run then also clears dynamo's caches, so
+        that each size compiles once per phase and the old sizes' graphs, which never run again, do
+        not count towards dynamo's recompile limit (benchmarks/bench_compile_growth.py)."""
+        compiled = self.args.compile
+        if compiled:
+            torch.compiler.reset()
+        wrap = (lambda m: torch.compile(m, mode=self.args.compile_mode)) if compiled else (lambda m: m)
+        self.eval_model = wrap(self.model)
+        self.eval_ema = wrap(self.ema.module) if self.ema is not None else None
+        self.train_model = self.eval_model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == 'cuda' else None
-            m = torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)
-        return m
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.eval_model, device_ids=ids)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled model replays CUDA graphs, whose outputs the next step overwrites."""
+        return self.args.compile and self.args.compile_mode in ('reduce-overhead', 'max-autotune') \
+            and self.device.type == 'cuda'
 
     @property
     def global_batch(self) -> int:
@@ -415,7 +432,7 @@ def grow_if_scheduled(run: Run, epoch: int) -> Optional[Dict]:
                                      seed=args.seed * 7919 + epoch, ramp_epochs=args.tau_ramp_epochs)
         record['epoch'] = epoch
         run.growth_history.append(record)
-        run.train_model = run.wrap()
+        run.wrap()
         if run.rank == 0:
             n_params = sum(p.numel() for p in run.model.parameters())
             print(f'epoch {epoch}: grew attn_tokens {record["attn_tokens"][0]} -> {run.model.attn_tokens}, '
@@ -437,7 +454,7 @@ def train_epoch(run: Run, batches: Iterable, should_stop: Callable[[], bool] = l
                              mean=run.mean, std=run.std, step=run.step, seed=run.args.seed, rank=run.rank,
                              amp_dtype=run.amp_dtype, scaler=run.scaler, mixup=run.mixup, ema=run.ema,
                              clip_grad=run.args.clip_grad, raw_model=run.model, should_stop=should_stop,
-                             on_step=after_step)
+                             on_step=after_step, mark_cuda_graph_steps=run.cuda_graphs)
     run.step = result['step']
     return result
 
@@ -445,10 +462,10 @@ def train_epoch(run: Run, batches: Iterable, should_stop: Callable[[], bool] = l
 def evaluate_run(run: Run, loader: Iterable) -> Dict[str, float]:
     """The model's (and the EMA's) loss, top-1 and top-5 on `loader`, as summary.csv columns."""
     kw = dict(device=run.device, mean=run.mean, std=run.std, amp_dtype=run.amp_dtype, distributed=run.world > 1)
-    ev = evaluate(run.model, loader, **kw)
+    ev = evaluate(run.eval_model, loader, **kw)
     row = dict(eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'])
     if run.ema is not None:
-        ev = evaluate(run.ema.module, loader, **kw)
+        ev = evaluate(run.eval_ema, loader, **kw)
         row.update(eval_ema_loss=ev['loss'], eval_ema_top1=ev['top1'], eval_ema_top5=ev['top5'])
     return row
 
