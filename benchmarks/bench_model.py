@@ -14,6 +14,7 @@ same ViT in the same interleaved loop.
     python benchmarks/bench_model.py --pairs all --compile  # every size, eager and compiled
     python benchmarks/bench_model.py --device cuda --amp bf16 --batch 256 --train-batch 128 --json out.json
     python benchmarks/bench_model.py --device cuda --pairs tiny base_pm --impls torch fused --compile
+    python benchmarks/bench_model.py --device cuda --pairs tiny --compile --only-compiled --inductor-mode reduce-overhead
 """
 import argparse
 import contextlib
@@ -69,11 +70,12 @@ class Runner:
             if args.amp == 'bf16' else contextlib.nullcontext
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.fn = self.model
+        self.cuda_graphs = compiled and args.inductor_mode in ('reduce-overhead', 'max-autotune')
         if compiled and args.compile_mode == 'regional':
             for block in self.model.blocks:
-                block.compile()
+                block.compile(mode=args.inductor_mode)
         elif compiled:
-            self.fn = torch.compile(self.model)
+            self.fn = torch.compile(self.model, mode=args.inductor_mode)
         self.x_inf = torch.randn(args.batch, 3, 224, 224, device=args.device)
         self.x_train = torch.randn(args.train_batch, 3, 224, 224, device=args.device)
         self.y_train = torch.randint(0, 1000, (args.train_batch,), device=args.device)
@@ -85,6 +87,8 @@ class Runner:
 
     def train_step(self) -> None:
         self.model.train()
+        if self.cuda_graphs:  # each step replays the graphs anew (their outputs are overwritten)
+            torch.compiler.cudagraph_mark_step_begin()
         with self.amp_ctx():
             loss = torch.nn.functional.cross_entropy(self.fn(self.x_train), self.y_train)
         loss.backward()
@@ -127,7 +131,7 @@ def run_pair(ours: str, base: str, args, compiled: bool) -> list:
         row = dict(
             ours=ours, baseline=base, mode='compiled' if compiled else 'eager', impl=impl,
             compile_mode=args.compile_mode if compiled else None,
-            params=params[i], baseline_params=params[0],
+            inductor_mode=args.inductor_mode if compiled else None, params=params[i], baseline_params=params[0],
             infer_img_s=args.batch / inf[i], baseline_infer_img_s=args.batch / inf[0],
             train_img_s=args.train_batch / train[i], baseline_train_img_s=args.train_batch / train[0],
             saved_mib=saved[i] / 2 ** 20, baseline_saved_mib=saved[0] / 2 ** 20,
@@ -156,6 +160,10 @@ def main() -> None:
     parser.add_argument('--compile', action='store_true', help='also measure torch.compile')
     parser.add_argument('--compile-mode', choices=['full', 'regional'], default='full',
                         help='compile the whole model, or each block (faster to compile)')
+    parser.add_argument('--inductor-mode', default='default',
+                        choices=['default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune'],
+                        help="torch.compile's mode: reduce-overhead replays CUDA graphs, max-autotune-no-cudagraphs "
+                             "tunes inductor's GEMM templates and fuses elementwise work into them")
     parser.add_argument('--only-compiled', action='store_true', help='with --compile, skip the eager rows')
     parser.add_argument('--impls', nargs='+', default=['torch'], choices=['auto', 'torch', 'fused'],
                         help="the Tokenformer's Pattention implementations to time")
@@ -182,7 +190,8 @@ def main() -> None:
         if args.json:
             with open(args.json, 'w') as f:
                 json.dump(dict(device=dev, amp=args.amp, batch=args.batch, train_batch=args.train_batch,
-                               compile_mode=args.compile_mode if args.compile else None, iters=args.iters,
+                               compile_mode=args.compile_mode if args.compile else None,
+                               inductor_mode=args.inductor_mode if args.compile else None, iters=args.iters,
                                torch=torch.__version__, timm=timm.__version__, rows=rows), f, indent=1)
 
     for key in pairs:
