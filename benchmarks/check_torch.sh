@@ -23,7 +23,7 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "torch==$version" ${triton:+"triton==$triton"} \
   $(grep -v -E '^\s*(#|$)|^(torch|torchvision)==' requirements.txt) "$@"
 {
-  echo "# bash benchmarks/check_torch.sh $version $triton $*   ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' with local changes'))"
+  echo "# bash benchmarks/check_torch.sh $version $triton $*   ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD)$(git diff --quiet -- . ':!benchmarks/results' || echo ' with local changes'))"
   "$venv/bin/python" -c 'import numpy, torch, timm, triton; print("torch", torch.__version__, "triton", triton.__version__, "timm", timm.__version__, "numpy", numpy.__version__)'
   echo "## aten ops of one block, forward and backward (benchmarks/count_ops.py)"
   PYTHONPATH=$PWD "$venv/bin/python" benchmarks/count_ops.py

@@ -58,6 +58,10 @@ def run(name: str, flags, out: Path) -> dict:
     cmd = [sys.executable, str(REPO / 'train_imagenet.py'), *map(str, flags), '--output', str(out), '--no-progress']
     res = subprocess.run(cmd, capture_output=True, text=True)
     print(res.stdout[-3000:], res.stderr[-3000:] if res.returncode else '', flush=True)
+    # what TORCH_LOGS=graph_breaks,recompiles says of a compiled run (a growth recompiles once per phase)
+    compile_log = [line for line in res.stderr.splitlines()
+                   if '__recompiles' in line or '__graph_breaks' in line or 'recompile_limit' in line]
+    print('\n'.join(compile_log[:60]), flush=True)
     if res.returncode:
         raise SystemExit(f'{name} failed ({res.returncode})')
     import csv
