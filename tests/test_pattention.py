@@ -187,3 +187,18 @@ def test_torchscript_matches_eager():
     scripted = torch.jit.script(layer)
     torch.testing.assert_close(scripted(x), layer(x), rtol=1e-5, atol=1e-6)
 
+
+
+def test_frozen_tokens_get_no_gradient_and_the_input_gradient_stays_exact():
+    # the fast path computes only the gradients asked for (a frozen layer, as in fine-tuning a head)
+    torch.manual_seed(13)
+    print('seed 13')
+    layer = Pattention(24, 16, 40)
+    layer.requires_grad_(False)
+    x = torch.randn(5, 24, requires_grad=True)
+    layer(x).square().sum().backward()
+    assert layer.key_tokens.grad is None and layer.value_tokens.grad is None
+    x64 = x.detach().double().requires_grad_()
+    (reference_theta64(x64 @ layer.key_tokens.double().t(), 'l2_gelu', float(layer.tau))
+     @ layer.value_tokens.double()).square().sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)

@@ -39,8 +39,8 @@ NORM_EPS = 1e-6
 # triton_pattention.py (l2_gelu only, CUDA tensors, or CPU tensors under TRITON_INTERPRET=1);
 # 'auto': the fused path on CUDA once AUTO_PICKS_FUSED is set, else 'torch'.
 PATTENTION_IMPLS = ('auto', 'fused', 'torch')
-# The fused kernels pass the interpreter tests but have not yet been timed on a GPU, so 'auto' keeps
-# the torch path everywhere: flip this only with GPU measurements in benchmarks/results/.
+# On an H200 the fused kernels trained slower than the torch path at every size (docs/gpu.md), so
+# 'auto' keeps the torch path everywhere: flip this only with GPU measurements in benchmarks/results/.
 AUTO_PICKS_FUSED = False
 
 
@@ -122,16 +122,21 @@ class _L2GeluPattention(torch.autograd.Function):
         dz = mm(dy, value.mT)
         torch.ops.aten.gelu_backward.grad_input(dz, z, grad_input=dz)
         h = F.gelu(z)
-        dvalue = mm(h.mT, dy).to(value_dtype)
+        needs = ctx.needs_input_grad  # (ε, dtype, x, keys..., values..., taus...)
+        dvalue = mm(h.mT, dy).to(value_dtype) if any(needs[3 + g:3 + 2 * g]) else None
         # through Z = S·A with S = τ/√(‖A‖² + ε):  dA = S ⊙ (dZ − Z (Z·dZ) / τ²), in place
         coef = torch.mul(z, dz, out=h).sum(-1, keepdim=True).div_(tau.square())
         da = dz.addcmul_(z, coef, value=-1).mul_(s)
-        dx = mm(da, key)
-        dx = (dx if g == 1 else dx.sum(0)).to(x_dtype)
-        dkey = mm(da.mT, x).to(key_dtype)
+        dx = dkey = None
+        if needs[2]:
+            dx = mm(da, key)
+            dx = (dx if g == 1 else dx.sum(0)).to(x_dtype)
+        if any(needs[3:3 + g]):
+            dkey = mm(da.mT, x).to(key_dtype)
         if g == 1:
             return None, None, dx, dkey, dvalue, None
-        return (None, None, dx, *dkey.unbind(0), *dvalue.unbind(0)) + (None,) * g
+        split = lambda t: t.unbind(0) if t is not None else (None,) * g  # noqa: E731
+        return (None, None, dx, *split(dkey), *split(dvalue)) + (None,) * g
 
 
 def _l2_gelu_inference(x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor,
@@ -179,8 +184,8 @@ def pattention(x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tau: tor
     """Pattention as a function, Θ(x · Kᵀ) · V, on 2-D x (m × d_in) through the fastest torch path:
     K (n × d_in), V (n × d_out) and a 0-d τ give (m × d_out).
 
-    Under autocast the matmuls run in autocast's dtype; under torch.compile the reference
-    formulation is traced, for the compiler to fuse.
+    Under autocast the matmuls run in autocast's dtype; torch.compile traces the same autograd
+    function and fuses its elementwise work.
     """
     return _pattention(x, (key,), (value,), (tau,), norm, eps)
 
