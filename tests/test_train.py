@@ -433,6 +433,23 @@ def one_sentence(err):
     (['--model', 'tokenformer_vit_huge'], '--model tokenformer_vit_huge is not a timm model'),
     (['--opt-betas', 0.9, 1.5], 'each beta must be in [0, 1)'),
     (['--scale', 0.5, 0.1], 'pass MIN MAX with 0 < MIN <= MAX <= 1'),
+    # found by the issue-24 sweep: each passed the checks and failed later, or never
+    (['--crop-pct', 95], '--crop-pct is 95.0: it must be at most 1'),
+    (['--epochs', 3, '--grow=-1:24:48'], "--grow entry '-1:24:48': the epoch must be at least 0"),
+    (['--smoothing', 1.5], '--smoothing is 1.5: it must be less than 1'),
+    (['--reprob', 2], '--reprob is 2.0: it must be at most 1'),
+    (['--drop-path', 1], '--drop-path is 1.0: it must be less than 1'),
+    (['--device', 'gpu'], '--device gpu is not a device: use cpu, cuda or cuda:N'),
+    (['--lr', 'nan'], '--lr is nan: pass a finite number'),
+    (['--blr', 'inf'], '--blr is inf: pass a finite number'),
+    (['--img-size', 4], '--img-size 4 is smaller than the patch size 8'),
+    (['--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'attn_tokens=0', 'ffn_tokens=32', 'patch_size=8'],
+     'needs at least one parameter token'),
+    (['--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=3', 'attn_tokens=16', 'ffn_tokens=32', 'patch_size=8'],
+     'dim=32 must be divisible by num_heads=3'),
+    (['--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'attn_tokens=16.5', 'ffn_tokens=32', 'patch_size=8'],
+     'needs a whole number of parameter tokens, got num_tokens=16.5'),
+    (['--config', 'BINARY'], 'is not text: pass a YAML file'),
 ])
 def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_path, capsys, flags, message):
     import timm
@@ -441,11 +458,12 @@ def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_p
                                                 attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
                                                 num_classes=4).state_dict()}, wide)
     (tmp_path / 'garbage.safetensors').write_bytes(b'not a safetensors file at all')
-    flags = [{'WIDE': wide, 'GARBAGE': tmp_path / 'garbage.safetensors', 'MISSING': tmp_path / 'no.pth'}.get(f, f)
-             for f in flags]
-    code, err = run_cli(['--data-dir', shards, '--output', tmp_path / 'run', *flags], capsys)
+    (tmp_path / 'binary.yaml').write_bytes(bytes(range(256)))
+    flags = [{'WIDE': wide, 'GARBAGE': tmp_path / 'garbage.safetensors', 'MISSING': tmp_path / 'no.pth',
+              'BINARY': tmp_path / 'binary.yaml'}.get(f, f) for f in flags]
+    code, err = run_cli(['--data-dir', shards, '--output', tmp_path / 'run' / 'a', *flags], capsys)
     assert code == 2 and message in one_sentence(err), err
-    assert not (tmp_path / 'run' / 'last.pth.tar').exists()
+    assert not (tmp_path / 'run').exists()  # a refusal leaves nothing behind: no folder, no lock
 
 
 def test_yaml_numbers_that_yaml_reads_as_strings_are_taken_as_argparse_takes_them(tmp_path):
@@ -576,7 +594,7 @@ def test_missing_shards_are_built_from_fashion_mnist_with_a_timm_readable_name(t
     from tokenformer_vit.transforms import MAX_IMAGE_PIXELS
     args = argparse.Namespace(data_dir=str(tmp_path / 'fm'), shards_from='fashion-mnist', train_split='validation',
                               val_split='validation', max_image_pixels=MAX_IMAGE_PIXELS)
-    _ensure_shards(args, rank=0)
+    _ensure_shards(args, rank=0, world=1)
     info = json.loads((tmp_path / 'fm' / '_info.json').read_text())
     assert info['name'] == 'fashion_mnist' and info['splits']['validation']['num_samples'] == 10_000
     assert all(f.startswith('fashion_mnist-validation-') for f in info['splits']['validation']['filenames'])
@@ -600,7 +618,111 @@ def test_missing_shards_are_built_from_cifar10_where_cifar10_root_points(tmp_pat
     monkeypatch.setenv('CIFAR10_ROOT', str(tmp_path / 'c10'))
     args = argparse.Namespace(data_dir=str(tmp_path / 'shards'), shards_from='cifar10', train_split='train',
                               val_split='validation', max_image_pixels=MAX_IMAGE_PIXELS)
-    _ensure_shards(args, rank=0)
+    _ensure_shards(args, rank=0, world=1)
     info = json.loads((tmp_path / 'shards' / '_info.json').read_text())
     assert info['name'] == 'cifar10' and info['classes'] == list(CIFAR10_CLASSES)
     assert [info['splits'][s]['num_samples'] for s in ('train', 'validation')] == [30, 10]
+
+
+def _edited_shards(shards, tmp_path, edit):
+    """A copy of the shards whose _info.json `edit` changed."""
+    import json
+    import shutil
+    wds = tmp_path / 'wds'
+    shutil.copytree(shards, wds)
+    info = json.loads((wds / '_info.json').read_text())
+    edit(info)
+    (wds / '_info.json').write_text(json.dumps(info))
+    return wds
+
+
+@pytest.mark.parametrize('edit,message', [
+    (lambda info: info['splits']['validation'].update(filenames=[]), "Split 'validation' of"),
+    (lambda info: info['splits']['validation'].pop('num_samples'), 'does not list split'),
+    (lambda info: info['splits']['train'].update(num_samples=0), "Split 'train' of"),
+], ids=['validation-without-shards', 'no-num-samples', 'train-with-no-samples'])
+def test_a_split_without_samples_is_refused_before_the_first_step(shards, tmp_path, capsys, edit, message):
+    # before: an empty validation split trained a whole epoch, then failed in webdataset, losing it
+    wds = _edited_shards(shards, tmp_path, edit)
+    code, err = run_cli(['--data-dir', wds, '--output', tmp_path / 'run', '--epochs', 2], capsys)
+    assert code == 2 and message in one_sentence(err), err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_second_job_on_a_run_folder_in_use_is_refused_and_the_first_runs_on(shards, tmp_path):
+    # two real processes: the second starts while the first holds the folder; it is refused with the
+    # first one's PID before it reads or writes anything, and the first trains on undisturbed
+    import socket
+    flags = ['--data-dir', shards, '--epochs', 60, '--output', tmp_path / 'run', '--log-every', 1]
+    first = train(*flags, popen=dict(cwd=tmp_path))
+    for line in first.stdout:  # the first job trains: its lock is held
+        if line.startswith('epoch 0:'):
+            break
+    second = train(*flags, check=False)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f'is in use by another job (pid {first.pid} on {socket.gethostname()})' in second.stderr
+    assert second.stdout == '' and second.stderr.strip().count('\n') == 0
+    assert first.poll() is None  # still training
+    first.send_signal(signal.SIGUSR2)  # it saves where it is and ends, its lock with it
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGUSR2, out
+    saved = weights(tmp_path / 'run' / 'last.pth.tar')[0]
+    assert saved['step'] >= 6  # the first job's own progress, past its first epoch, was kept
+    again = train(*flags[:2], '--epochs', saved['epoch_in_progress'] + 1, *flags[4:])  # free to resume now
+    assert f'step {saved["step"]}' in again.stdout
+
+
+def test_resuming_with_other_token_counts_is_refused_naming_the_checkpoints(shards, tmp_path, capsys):
+    # before: the run went on at the checkpoint's size and said nothing
+    out = tmp_path / 'run'
+    train('--data-dir', shards, '--output', out, '--epochs', 1, '--grow', '0:24:48')
+    before = (out / 'last.pth.tar').read_bytes()
+    kwargs = [a if not a.startswith(('attn_tokens=', 'ffn_tokens=')) else a.split('=')[0] + '=24' for a in TINY]
+    from tokenformer_vit.cli import main as cli
+    code = cli([*kwargs, '--data-dir', str(shards), '--output', str(out), '--epochs', '2'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'was started with attn_tokens=16, ffn_tokens=32 (it holds 24/48 tokens now)' in err, err
+    assert (out / 'last.pth.tar').read_bytes() == before
+
+
+def test_every_rank_of_a_job_gets_the_output_folders_verdict(shards, tmp_path):
+    # two real gloo ranks: rank 0 finds an earlier run's results in --output; both end with its
+    # sentence and exit 2 (before, rank 1 died in its first collective with torch's own error)
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'summary.csv').write_text('epoch\n0\n')
+    port = str(random.randint(20000, 40000))
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE='2', LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                   MASTER_PORT=port)
+        procs.append(train('--data-dir', shards, '--output', out, '--epochs', 1, '--batch-size', 4,
+                           popen=dict(cwd=tmp_path, env=env)))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, text in zip(procs, outs):
+        assert p.returncode == 2 and 'holds results of an earlier run (summary.csv)' in text, text
+    assert sorted(p.name for p in out.iterdir()) == ['summary.csv']  # and nothing else was left there
+
+
+def test_a_missing_embedded_data_set_names_the_folder_it_looked_in(tmp_path):
+    res = train('--data-dir', tmp_path / 'shards', '--shards-from', 'cifar10', '--output', tmp_path / 'run',
+                '--epochs', 1, check=False, env=dict(os.environ, CIFAR10_ROOT=str(tmp_path / 'nowhere')))
+    assert res.returncode == 2 and f'No CIFAR-10 in {tmp_path / "nowhere"}' in res.stderr, res.stderr
+    assert res.stderr.strip().count('\n') == 0 and not (tmp_path / 'run').exists()
+
+
+def test_eval_only_evaluates_the_initial_checkpoint_as_it_is(shards, tmp_path):
+    # before: a smaller checkpoint was grown (paper mode: new keys, new τ) and that other function evaluated
+    small = tmp_path / 'small'
+    train('--data-dir', shards, '--output', small, '--epochs', 1)
+    bigger = [a.split('=')[0] + '=48' if a.startswith(('attn_tokens=', 'ffn_tokens=')) else a for a in TINY]
+    cmd = [sys.executable, str(REPO / 'train_imagenet.py'), '--data-dir', str(shards), '--eval-only',
+           '--initial-checkpoint', str(small / 'last.pth.tar')]
+    as_is = subprocess.run([*cmd[:2], *TINY, *cmd[2:], '--output', str(tmp_path / 'e1')], capture_output=True, text=True)
+    grown = subprocess.run([*cmd[:2], *bigger, *cmd[2:], '--output', str(tmp_path / 'e2')], capture_output=True, text=True)
+    assert as_is.returncode == grown.returncode == 0, as_is.stderr + grown.stderr
+    assert '(attn_tokens=16, ffn_tokens=32)' in grown.stdout
+    top1 = lambda text: [line for line in text.splitlines() if line.startswith('model: top-1')]  # noqa: E731
+    assert top1(grown.stdout) == top1(as_is.stdout) and len(top1(as_is.stdout)) == 1
+    summary = (small / 'summary.csv').read_text().splitlines()
+    assert f'{float(summary[1].split(",")[summary[0].split(",").index("eval_top1")]):.2f}%' in top1(as_is.stdout)[0]

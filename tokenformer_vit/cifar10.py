@@ -16,6 +16,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .errors import DataError
+
 __all__ = ['CIFAR10_CLASSES', 'CACHE_ROOT', 'find_cifar10', 'cifar10_files', 'load_cifar10']
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
@@ -43,7 +45,7 @@ def find_cifar10(root: Optional[os.PathLike] = None, download: bool = True) -> T
     if given:  # where the user says: no search and no download
         found = _layout(Path(given))
         if found is None:
-            raise FileNotFoundError(f'No CIFAR-10 in {given}: it needs train/CLASS and test/CLASS image folders or '
+            raise DataError(f'No CIFAR-10 in {given}: it needs train/CLASS and test/CLASS image folders or '
                                     f'torchvision\'s {_BATCHES}/; {_HOW}.')
         return found
     for candidate in (Path('data/cifar10'), CACHE_ROOT):
@@ -51,11 +53,15 @@ def find_cifar10(root: Optional[os.PathLike] = None, download: bool = True) -> T
         if found:
             return found
     if not download:
-        raise FileNotFoundError(f'CIFAR-10 not found in data/cifar10 or {CACHE_ROOT}: set CIFAR10_ROOT to a folder '
+        raise DataError(f'CIFAR-10 not found in data/cifar10 or {CACHE_ROOT}: set CIFAR10_ROOT to a folder '
                                 f'holding it, or {_HOW}.')
     from torchvision.datasets import CIFAR10
-    for train in (True, False):
-        CIFAR10(str(CACHE_ROOT), train=train, download=True)
+    try:
+        for train in (True, False):
+            CIFAR10(str(CACHE_ROOT), train=train, download=True)
+    except Exception as e:  # noqa: BLE001 - no network, a broken mirror, a damaged archive: one answer
+        raise DataError(f'CIFAR-10 is not in data/cifar10 or {CACHE_ROOT}, and torchvision could not download it '
+                        f'({e.__class__.__name__}): set CIFAR10_ROOT to a folder holding it, or {_HOW}.') from None
     return 'batches', CACHE_ROOT / _BATCHES
 
 
@@ -64,7 +70,7 @@ def _read_batches(folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
     for name in _BATCH_FILES[split]:
         path = folder / name
         if not path.is_file():
-            raise FileNotFoundError(f'{path} is missing: CIFAR-10\'s {split} split has {len(_BATCH_FILES[split])} '
+            raise DataError(f'{path} is missing: CIFAR-10\'s {split} split has {len(_BATCH_FILES[split])} '
                                     f'batch files; download the release again.')
         with open(path, 'rb') as f:
             batch = pickle.load(f, encoding='bytes')
@@ -78,12 +84,12 @@ def cifar10_files(folder: Path, split: str) -> List[Tuple[Path, int]]:
     split_dir = folder / split
     found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if found != sorted(CIFAR10_CLASSES):
-        raise FileNotFoundError(f'{split_dir} has class folders {found}, not CIFAR-10\'s ten '
+        raise DataError(f'{split_dir} has class folders {found}, not CIFAR-10\'s ten '
                                 f'({", ".join(CIFAR10_CLASSES)}): point CIFAR10_ROOT at the CIFAR-10 folder.')
     files = [(path, label) for label, name in enumerate(CIFAR10_CLASSES)
              for path in sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)]
     if not files:
-        raise FileNotFoundError(f'{split_dir} holds no images: {_HOW}.')
+        raise DataError(f'{split_dir} holds no images: {_HOW}.')
     return files
 
 

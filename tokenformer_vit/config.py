@@ -5,9 +5,11 @@ it. Every value, from a flag or the file alike, is checked here, before any work
 is one sentence and exit code 2.
 """
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 import yaml
 
 from .errors import ConfigError
@@ -146,6 +148,9 @@ def parse_grow_schedule(value) -> List[Dict[str, Any]]:
         except (KeyError, ValueError, TypeError):
             raise ConfigError(f'--grow entry {item!r} is not EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE], '
                               f'e.g. --grow 150:768:3072.') from None
+        if e['epoch'] < 0 or e['attn_tokens'] < 1 or e['ffn_tokens'] < 1:
+            raise ConfigError(f'--grow entry {item!r}: the epoch must be at least 0 and the token counts at least 1, '
+                              f'e.g. --grow 150:768:3072.')
         if e['mode'] is not None and e['mode'] not in GROWTH_MODES:
             raise ConfigError(f'--grow entry {item!r}: unknown mode {e["mode"]!r}; use one of {", ".join(GROWTH_MODES)}.')
         events.append(e)
@@ -168,6 +173,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error(f'config file {path} does not exist: pass an existing YAML file to --config.')
         try:
             cfg = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            parser.error(f'config file {path} is not text: pass a YAML file of flag names and values.')
         except yaml.YAMLError as e:
             parser.error(f'config file {path} is not valid YAML ({e.__class__.__name__}): fix its syntax.')
         if not isinstance(cfg, dict):
@@ -241,30 +248,64 @@ _RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr
            ('clip_grad', 0, False), ('color_jitter', 0, True), ('tau_ramp_epochs', 0, True))
 
 
+# (flag, the largest value allowed, whether that value itself is allowed): probabilities and rates
+_UPPER = (('smoothing', 1, False), ('reprob', 1, True), ('drop_path', 1, False), ('mixup', 1, True),
+          ('cutmix', 1, True), ('crop_pct', 1, True), ('ema_decay', 1, False))
+
+
 def _check_values(args: argparse.Namespace) -> None:
     """Ranges and consistency of the flags (from the command line or the config alike)."""
     for key, low, inclusive in _RANGES:
         value = getattr(args, key, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f'--{key.replace("_", "-")} is {value}: pass a finite number.')
         if value is not None and (value < low or (value == low and not inclusive)):
             bound = f'at least {low}' if inclusive else f'more than {low}'
             raise ConfigError(f'--{key.replace("_", "-")} is {value}: it must be {bound}.')
-    import timm
-    if not timm.is_model(args.model):
-        raise ConfigError(f'--model {args.model} is not a timm model: see timm.list_models("tokenformer*") for ours.')
+    for key, high, inclusive in _UPPER:
+        value = getattr(args, key, None)
+        if value is not None and (value > high or (value == high and not inclusive)):
+            bound = f'at most {high}' if inclusive else f'less than {high}'
+            raise ConfigError(f'--{key.replace("_", "-")} is {value}: it must be {bound}'
+                              + (' (a fraction of the resized image: 0.875 keeps 87.5%).' if key == 'crop_pct' else '.'))
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise ConfigError(f'--device {args.device} is not a device: use cpu, cuda or cuda:N.') from None
+    _check_model(args)
     if not all(0 <= b < 1 for b in args.opt_betas):
         raise ConfigError(f'--opt-betas {" ".join(map(str, args.opt_betas))}: each beta must be in [0, 1).')
     if not 0 < args.scale[0] <= args.scale[1] <= 1:
         raise ConfigError(f'--scale {args.scale[0]} {args.scale[1]}: pass MIN MAX with 0 < MIN <= MAX <= 1.')
     if args.initial_checkpoint and not Path(args.initial_checkpoint).is_file():
         raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
-    if not 0 <= args.ema_decay < 1:
-        raise ConfigError(f'--ema-decay is {args.ema_decay}: use a decay in [0, 1) (0 disables the EMA).')
     if args.compile_mode != 'default' and not args.compile:
         raise ConfigError(f'--compile-mode {args.compile_mode} takes effect only with --compile: add --compile.')
     for event in args.grow:
         if event['epoch'] >= args.epochs:
             raise ConfigError(f'--grow at epoch {event["epoch"]} never happens in a run of --epochs {args.epochs} '
                               f'(epochs count from 0): grow earlier or train longer.')
+
+
+def _check_model(args: argparse.Namespace) -> None:
+    """The model the flags describe can be built (on the meta device: no memory, no weights), and
+    the input size holds at least one patch: a bad --model-kwargs value is one sentence here, not a
+    traceback after the shards are built."""
+    import timm
+    if not timm.is_model(args.model):
+        raise ConfigError(f'--model {args.model} is not a timm model: see timm.list_models("tokenformer*") for ours.')
+    kwargs = dict(args.model_kwargs, **({'img_size': args.img_size} if args.img_size else {}))
+    try:
+        model = timm.create_model(args.model, device='meta', **kwargs)
+    except Exception as e:  # noqa: BLE001 - any constructor error is the kwargs' fault
+        raise ConfigError(f'cannot create --model {args.model} with --model-kwargs {dict(args.model_kwargs)}'
+                          f'{" and --img-size " + str(args.img_size) if args.img_size else ""}: {e}') from None
+    patch = getattr(getattr(model, 'patch_embed', None), 'patch_size', None)
+    size = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
+    if patch and size and any(s < p for s, p in zip(size, patch)):
+        raise ConfigError(f'--img-size {size[0]} is smaller than the patch size {patch[0]} of --model {args.model}: '
+                          f'pass an image size of at least one patch.')
 
 
 def job_args(**values) -> argparse.Namespace:

@@ -144,6 +144,14 @@ class ShardStream(IterableDataset):
             raise DataError(f"Split {split!r} is not in {Path(root) / '_info.json'} (it has "
                             f"{', '.join(info.get('splits', {})) or 'none'}): build it with make_shards --split {split}.")
         entry = info['splits'][split]
+        index = Path(root) / '_info.json'
+        if not isinstance(entry, dict) or not isinstance(entry.get('filenames'), list) or \
+                not isinstance(entry.get('num_samples'), int) or isinstance(entry.get('num_samples'), bool):
+            raise DataError(f'{index} does not list split {split!r} as make_shards writes it (filenames and '
+                            f'num_samples): rebuild the split with make_shards.')
+        if not entry['filenames'] or entry['num_samples'] < 1:
+            raise DataError(f'Split {split!r} of {index} has no samples ({len(entry["filenames"])} shards, '
+                            f'num_samples {entry["num_samples"]}): rebuild it with make_shards from a folder of images.')
         self.root, self.split, self.training = Path(root), split, training
         self.num_classes, self.max_pixels = num_classes, max_pixels
         self.files = [self.root / f for f in entry['filenames']]

@@ -15,6 +15,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import DataError
+
 __all__ = ['FASHION_MNIST_CLASSES', 'DEFAULT_ROOT', 'CACHE_ROOT', 'load_fashion_mnist', 'download_fashion_mnist']
 
 DEFAULT_ROOT = Path('/usr/share/datasets/fashion-mnist')
@@ -68,7 +70,7 @@ def download_fashion_mnist(root: Optional[os.PathLike] = None, mirrors: Optional
             except Exception as e:  # noqa: BLE001 - the next mirror, then one error naming all
                 errors.append(f'{mirror}: {e}')
         else:
-            raise RuntimeError(f'Could not download Fashion-MNIST {name} ({"; ".join(errors)}): install '
+            raise DataError(f'Could not download Fashion-MNIST {name} ({"; ".join(errors)}): install '
                                f'`apt-get install dataset-fashion-mnist` or put the official files in a folder '
                                f'and set FASHION_MNIST_ROOT to it.')
     return root
@@ -106,7 +108,7 @@ def load_fashion_mnist(split: str, root: Optional[os.PathLike] = None,
     paths = [root / name for name in _FILES[split]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise DataError(
             f'Fashion-MNIST files not found ({", ".join(missing)}): install them with '
             f'`apt-get install dataset-fashion-mnist`, or point FASHION_MNIST_ROOT at a folder holding them.')
     images, labels = (_read_idx(p) for p in paths)

@@ -22,6 +22,7 @@ is below 1e-8 relative.
 """
 import contextlib
 import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -228,6 +229,8 @@ class Pattention(nn.Module):
         if norm not in PATTENTION_NORMS:
             raise ValueError(f"Unknown Pattention norm {norm!r}: use one of {', '.join(PATTENTION_NORMS)}.")
         _check_impl(impl, norm)
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Integral):
+            raise ValueError(f'Pattention needs a whole number of parameter tokens, got num_tokens={num_tokens!r}.')
         if num_tokens < 1:
             raise ValueError(f'Pattention needs at least one parameter token, got num_tokens={num_tokens}.')
         dd = {'device': device, 'dtype': dtype}

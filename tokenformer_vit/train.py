@@ -14,6 +14,7 @@ SIGTERM the job saves at the next step boundary and stops (under submitit rank 0
 import argparse
 import csv
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import yaml
 
 from .checkpoint import CheckpointError, atomic_file, read_checkpoint, save_atomic, validate_command
 from .config import ConfigError
+from .errors import UserError
 from .data import build_loader, read_info
 from .engine import LRSchedule, build_loss, build_optimizer, evaluate, train_one_epoch
 from .growth import GrowthError, grow_training_state, ramp_tau, token_counts
@@ -166,11 +168,14 @@ def write_logs(output: Path, log: Dict[str, list], growth_history: List[Dict]) -
     plt.close(fig)
 
 
-def _ensure_shards(args, rank: int) -> None:
+def _ensure_shards(args, rank: int, world: int) -> None:
+    """Build --data-dir from --shards-from if it has no _info.json: on rank 0, the others waiting for
+    its verdict (a missing data set is one sentence on every rank)."""
     root = Path(args.data_dir)
     if (root / '_info.json').is_file() or not args.shards_from:
         return
-    if rank == 0:
+
+    def build():
         from .make_shards import make_shards
         for split in (args.train_split, args.val_split):
             print(f'building {args.shards_from} {split} shards in {root}', flush=True)
@@ -180,31 +185,96 @@ def _ensure_shards(args, rank: int) -> None:
             except OSError as e:
                 raise ConfigError(f'cannot write the {args.shards_from} shards to --data-dir {root} ({e.strerror}): '
                                   f'free space there or choose another --data-dir.') from None
-    if dist.is_initialized():
-        dist.barrier()
+    on_rank_zero(rank, world, build)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the job
 
 
-def prepare_output(out: Path, overwrite: bool, rank: int) -> None:
-    """Make sure the run folder can be written, clear what killed saves left, and never start a new
-    run over an earlier run's results: they are kept unless --overwrite (a run resumes from
-    last.pth.tar, so results without it are another run's)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f'--output {out} is a file: pass a folder for the run.')
-    if rank != 0:
-        return
+class RunFolder:
+    """The job's claim on its --output: the folder (made if missing) and an OS lock on OUTPUT/.lock,
+    held for the process's life, so that a second job on the same folder is refused instead of
+    resuming the first one's saves under it. flock dies with its process: a killed job's lock never
+    blocks, so a requeued task takes it again. Only rank 0 claims; the other ranks of a job follow it.
+    `release` undoes what the claim made (the folder, the lock file) when the job is refused."""
+
+    LOCK = '.lock'
+
+    def __init__(self, out: Path):
+        self.out, self.lock, self.made = out, None, []
+
+    def claim(self) -> None:
+        import fcntl
+        import socket
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f'--output {self.out} is a file: pass a folder for the run.')
+        missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.made = missing  # deepest first, as they are removed
+            path = self.out / self.LOCK
+            if not path.exists():
+                self.made = [path] + self.made
+            f = open(path, 'a+')
+        except OSError as e:
+            self.release()
+            raise ConfigError(f'cannot write to --output {self.out} ({e.strerror}): choose a writable folder with '
+                              f'free space.') from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or 'a process that wrote no name'
+            f.close()
+            raise ConfigError(f'--output {self.out} is in use by another job ({holder}): wait for it to end, or '
+                              f'choose another --output.') from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+        f.flush()
+        self.lock = f
+        # a forked child (a loader worker) shares the lock: it closes its copy, so that a killed
+        # job's lock goes with the job, not with workers that outlive it for a few seconds
+        os.register_at_fork(after_in_child=self._close_in_child)
+
+    def _close_in_child(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def release(self) -> None:
+        """Remove the lock file and the folders that the claim made, if nothing else was written there."""
+        for path in self.made:
+            try:
+                path.unlink() if path.name == self.LOCK and path.parent == self.out else path.rmdir()
+            except OSError:  # not empty: the job wrote into it, or another one did
+                break
+        self.made = []
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+# what a run writes in its folder (besides checkpoint-EPOCH.pth.tar, and tb/ with --tensorboard)
+RUN_FILES = ('last.pth.tar', 'best.pth.tar', 'summary.csv', 'curves.png', 'config.yaml', '.write-test')
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Make sure the claimed run folder can be written, clear what killed saves left, and never start
+    a new run over an earlier run's results: they are kept unless --overwrite (a run resumes from
+    last.pth.tar, so results without it are another run's). --overwrite removes only the files a
+    run writes (best.pth.tar, summary.csv, curves.png, checkpoint-N.pth.tar)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / '.write-test'):
             pass
         (out / '.write-test').unlink()
     except OSError as e:
         raise ConfigError(f'cannot write to --output {out} ({e.strerror}): choose a writable folder with free space.') from None
-    for stale in out.glob('.*.tmp'):  # atomic_file's temporaries from saves killed half-way
-        stale.unlink(missing_ok=True)
+    for stale in out.glob('.*.tmp'):  # atomic_file's temporaries (.NAME.XXXX.tmp) of saves killed half-way
+        name = stale.name[1:-len('.tmp')].rsplit('.', 1)[0]
+        if name in RUN_FILES or re.fullmatch(r'checkpoint-\d+\.pth\.tar', name):
+            stale.unlink(missing_ok=True)
     results = [p for p in ('best.pth.tar', 'summary.csv', 'curves.png') if (out / p).exists()]
     results += sorted(p.name for p in out.glob('checkpoint-*.pth.tar'))
     if results and not (out / 'last.pth.tar').exists():
@@ -215,15 +285,57 @@ def prepare_output(out: Path, overwrite: bool, rank: int) -> None:
             (out / name).unlink()
 
 
+def on_rank_zero(rank: int, world: int, check: Callable[[], None]) -> None:
+    """Run `check` on rank 0 alone; every rank then raises the error it raised, or none, so that all
+    ranks of a job reach one verdict (not rank 0 an error and the others torch's, in a collective)."""
+    message = None
+    if rank == 0:
+        try:
+            check()
+        except UserError as e:
+            message = str(e)
+    if world > 1:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message:
+        raise ConfigError(message)
+
+
 def check_resume(args: argparse.Namespace, resume: Dict, world: int) -> None:
-    """A run resumes with the global batch it was trained with: the step count, the data position
-    and the schedule all depend on it."""
+    """A run resumes with the global batch it was trained with (the step count, the data position and
+    the schedule all depend on it) and with the model it was started with: another width fails to
+    load, and other token counts would silently train on at the checkpoint's size."""
+    path = Path(args.output) / 'last.pth.tar'
     saved = resume.get('args') or {}
     before = resume.get('global_batch') or (saved.get('batch_size') and saved['batch_size'] * world)
     if before and before != args.batch_size * world:
-        raise ConfigError(f'{Path(args.output) / "last.pth.tar"} was trained with a global batch of {before}, not '
+        raise ConfigError(f'{path} was trained with a global batch of {before}, not '
                           f'{args.batch_size * world} (--batch-size {args.batch_size} x {world} process(es)): resume '
                           f'with the same batch, or start a new --output.')
+    started = _start_tokens(saved.get('model'), saved.get('model_kwargs'))
+    asked = _start_tokens(args.model, dict(args.model_kwargs))
+    if started and asked and started != asked:
+        try:
+            now = ' (it holds {}/{} tokens now)'.format(*token_counts(resume['state_dict']))
+        except GrowthError:
+            now = ''
+        raise ConfigError(f'{path} was started with attn_tokens={started[0]}, ffn_tokens={started[1]}{now}, but '
+                          f'--model {args.model} with --model-kwargs {dict(args.model_kwargs)} starts at '
+                          f'{asked[0]}/{asked[1]}: resume with the flags it was started with, or start a new --output.')
+
+
+def _start_tokens(model: Optional[str], model_kwargs) -> Optional[tuple]:
+    """(attn_tokens, ffn_tokens) a run of this --model and --model-kwargs starts with, or None when
+    that cannot be told (no record, not a Tokenformer-ViT)."""
+    import timm
+    if not model or not isinstance(model_kwargs, (dict, type(None))) or not timm.is_model(model):
+        return None
+    try:
+        meta = timm.create_model(model, device='meta', **(model_kwargs or {}))
+    except Exception:  # noqa: BLE001 - a record this version cannot build tells nothing
+        return None
+    return (meta.attn_tokens, meta.ffn_tokens) if hasattr(meta, 'attn_tokens') else None
 
 
 def check_growth_plan(args: argparse.Namespace, resume: Optional[Dict]) -> None:
@@ -375,7 +487,8 @@ def build_model(args, num_classes: int, resume: Optional[Dict] = None, source: s
         target = (model.attn_tokens, model.ffn_tokens)
         model = create_model(args, num_classes, attn, ffn)
         load_weights(model, state, str(args.initial_checkpoint), args)
-        if (attn, ffn) != target:
+        # --eval-only evaluates the checkpoint's own function: growing it (paper mode) would change it
+        if (attn, ffn) != target and not args.eval_only:
             record = grow_training_state(model, *target, args.grow_mode, seed=args.seed, ramp_epochs=args.tau_ramp_epochs)
             history.append(dict(record, epoch=0, source=str(args.initial_checkpoint)))
     if (args.grow or args.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
@@ -486,6 +599,7 @@ class Job:
     num_classes: int = 0
     info: Dict = field(default_factory=dict)
     resume: Optional[Dict] = None
+    folder: Optional['RunFolder'] = None
 
     @property
     def resume_path(self) -> Path:
@@ -493,29 +607,35 @@ class Job:
 
 
 def setup(args: argparse.Namespace) -> Job:
-    """Processes and devices, the run folder, the checkpoint to resume, and every check that can be
-    made before work starts."""
+    """Processes and devices, the run folder (claimed, then checked), the checkpoint to resume, and
+    every check that can be made before work starts; a refusal releases the folder it claimed."""
     rank, world, device = setup_distributed(args.device)
     job = Job(args, Path(args.output), rank, world, device, args.amp or ('bf16' if device.type == 'cuda' else 'none'))
-    prepare_output(job.out, args.overwrite, rank)
-    if job.resume_path.is_file():
-        job.resume = read_checkpoint(job.resume_path)
-        check_resume(args, job.resume, world)
-    elif args.eval_only and not args.initial_checkpoint:
-        raise ConfigError(f'--eval-only has nothing to evaluate: {job.resume_path} does not exist and no '
-                          f'--initial-checkpoint was given.')
-    check_growth_plan(args, job.resume)
     if job.amp == 'fp16' and device.type != 'cuda':
         raise ConfigError('--amp fp16 needs a CUDA GPU: use --amp bf16 or none on the CPU.')
     if args.pattention_impl == 'fused' and device.type != 'cuda' and not interpreting():
         raise ConfigError(f'--pattention-impl fused runs on CUDA GPUs, not on {device.type}: use auto or torch.')
+    job.folder = RunFolder(job.out)
+    try:
+        on_rank_zero(rank, world, job.folder.claim)
+        on_rank_zero(rank, world, lambda: prepare_output(job.out, args.overwrite))
+        if job.resume_path.is_file():
+            job.resume = read_checkpoint(job.resume_path)
+            check_resume(args, job.resume, world)
+        elif args.eval_only and not args.initial_checkpoint:
+            raise ConfigError(f'--eval-only has nothing to evaluate: {job.resume_path} does not exist and no '
+                              f'--initial-checkpoint was given.')
+        check_growth_plan(args, job.resume)
+    except UserError:
+        job.folder.release()
+        raise
     return job
 
 
 def prepare_data(job: Job) -> None:
     """Build the shards if asked and missing; read the number of classes from them."""
     args = job.args
-    _ensure_shards(args, job.rank)
+    _ensure_shards(args, job.rank, job.world)
     job.info = read_info(args.data_dir)
     split = job.info.get('splits', {}).get(args.train_split, {})
     data_classes = split.get('num_classes') or len(job.info.get('classes', []))
@@ -548,7 +668,11 @@ def evaluate_only(job: Job, model: torch.nn.Module, val_loader) -> int:
     run = build_run(job.args, model, job.num_classes, 1, device=job.device, amp=job.amp, rank=job.rank,
                     world=job.world, resume=job.resume, source=str(job.resume_path))
     kw = dict(device=run.device, mean=run.mean, std=run.std, amp_dtype=run.amp_dtype, distributed=run.world > 1)
-    for name, m in (('model', run.model), ('ema', run.ema.module if run.ema else None)):
+    source = job.resume_path if job.resume is not None else job.args.initial_checkpoint
+    if job.rank == 0 and hasattr(model, 'attn_tokens'):  # the checkpoint as it is: --eval-only never grows it
+        print(f'evaluating {source} (attn_tokens={model.attn_tokens}, ffn_tokens={model.ffn_tokens})', flush=True)
+    has_ema = run.ema is not None and job.resume is not None and bool(job.resume.get('state_dict_ema'))
+    for name, m in (('model', run.model), ('ema', run.ema.module if has_ema else None)):
         if m is not None:
             r = evaluate(m, val_loader, **kw)
             if job.rank == 0:
@@ -631,14 +755,18 @@ def start_logging(job: Job, run: Run):
 def main(args: argparse.Namespace) -> int:
     """The job: set up, build or resume the run, then per epoch grow, train, evaluate and log, save."""
     job = setup(args)
-    prepare_data(job)
-    model, history = build_model(args, job.num_classes, job.resume, str(job.resume_path))
-    train_loader, val_loader = build_loaders(job, model)
-    if args.eval_only:
-        return evaluate_only(job, model, val_loader)
-    upe = train_loader.dataset.batches_per_rank
-    run = build_run(args, model, job.num_classes, upe, device=job.device, amp=job.amp, growth_history=history,
-                    rank=job.rank, world=job.world, resume=job.resume, source=str(job.resume_path))
+    try:  # a job refused before its first step leaves nothing behind
+        prepare_data(job)
+        model, history = build_model(args, job.num_classes, job.resume, str(job.resume_path))
+        train_loader, val_loader = build_loaders(job, model)
+        if args.eval_only:
+            return evaluate_only(job, model, val_loader)
+        upe = train_loader.dataset.batches_per_rank
+        run = build_run(args, model, job.num_classes, upe, device=job.device, amp=job.amp, growth_history=history,
+                        rank=job.rank, world=job.world, resume=job.resume, source=str(job.resume_path))
+    except UserError:
+        job.folder.release()
+        raise
     if job.resume is not None and job.rank == 0:
         print(f'resumed from {job.resume_path}: epoch {job.resume["epoch_in_progress"]}, step {run.step}', flush=True)
     job.resume = None
