@@ -355,3 +355,89 @@ def test_an_initial_checkpoint_grown_in_ramp_mode_ramps_from_its_tau_and_other_m
     grow_training_state(other, 256, 1024, 'preserve')
     with pytest.raises(GrowthError, match='different τ'):
         grow_training_state(other, 300, 1024, 'ramp')
+
+
+def test_grow_cli_refuses_an_hf_dir_that_holds_a_run_and_leaves_every_file_of_it(tmp_path, capsys):
+    # before: --hf-dir pointed at a run folder deleted its checkpoints, summary and curves
+    run = tmp_path / 'runs' / 'x'
+    run.mkdir(parents=True)
+    _timm_checkpoint(run / 'last.pth.tar', small_model())
+    for name, data in (('best.pth.tar', b'best'), ('summary.csv', b'epoch\n0\n'), ('curves.png', b'png')):
+        (run / name).write_bytes(data)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    rc = grow_main(['--checkpoint', str(run / 'last.pth.tar'), '--attn-tokens', '256', '--output',
+                    str(tmp_path / 'g.pth.tar'), '--hf-dir', str(run)])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'holds files the grow command did not write (best.pth.tar, curves.png, last.pth.tar)' in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert not (tmp_path / 'g.pth.tar').exists() and sorted(p.name for p in run.parent.iterdir()) == ['x']
+
+
+def test_grow_cli_replaces_only_an_hf_dir_it_wrote_and_both_outputs_hold_the_state_dict(tmp_path, capsys):
+    # the folder and the checkpoint's validate command evaluate the same weights (before: the folder
+    # held the EMA, the command the state_dict); a folder the command wrote is replaced, no other
+    model, ema = small_model(seed=1).eval(), small_model(seed=2)
+    src, hf = tmp_path / 'in.pth.tar', tmp_path / 'hf'
+    torch.save({'state_dict': model.state_dict(), 'state_dict_ema': ema.state_dict(), 'arch': 'tokenformer_vit_tiny'},
+               src)
+    x = torch.randn(2, 3, 32, 32)
+    for i, attn in enumerate((256, 320)):
+        out = tmp_path / f'out{i}.pth.tar'
+        assert grow_main(['--checkpoint', str(src), '--attn-tokens', str(attn), '--output', str(out),
+                          '--hf-dir', str(hf)]) == 0
+        rebuilt = timm.create_model(f'local-dir:{hf}', pretrained=True).eval()
+        assert rebuilt.attn_tokens == attn and (rebuilt(x) - model(x)).abs().max().item() <= 1e-5
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # no temporary folder left
+    assert 'both evaluate the state_dict' in capsys.readouterr().out
+    (hf / 'notes.txt').write_text('mine')
+    assert grow_main(['--checkpoint', str(src), '--attn-tokens', '384', '--output', str(tmp_path / 'o.pth.tar'),
+                      '--hf-dir', str(hf)]) == 2
+    assert (hf / 'notes.txt').read_text() == 'mine' and 'holds files the grow command did not write (notes.txt)' \
+        in capsys.readouterr().err
+
+
+def test_checkpoint_growth_in_paper_mode_keeps_the_tau_of_layers_whose_count_stays(tmp_path):
+    # as in-memory growth does (before: the grow command reset every τ to √n, grown or not)
+    model = small_model()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ffn.tau.fill_(3.0)
+    src, out = tmp_path / 'in.pth.tar', tmp_path / 'out.pth.tar'
+    _timm_checkpoint(src, model, ema=False)
+    assert grow_main(['--checkpoint', str(src), '--attn-tokens', '256', '--mode', 'paper', '--output', str(out)]) == 0
+    on_disk = torch.load(out, weights_only=True)['state_dict']
+    grow_model(model, 256, None, 'paper', torch.Generator().manual_seed(0))
+    in_memory = model.state_dict()
+    taus = {k: v.item() for k, v in on_disk.items() if k.endswith('tau')}
+    assert taus == {k: v.item() for k, v in in_memory.items() if k.endswith('tau')}
+    assert taus['blocks.0.ffn.tau'] == 3.0 and taus['blocks.0.attn.q.tau'] == 16.0
+
+
+def test_grow_cli_names_a_model_typo_writes_safetensors_and_reads_timms_own_train_checkpoints(tmp_path, capsys):
+    import argparse
+    model = small_model(seed=4).eval()
+    src = tmp_path / 'timm_train.pth.tar'
+    # timm's train.py pickles its argparse namespace of flags into every checkpoint
+    torch.save({'state_dict': model.state_dict(), 'arch': 'tokenformer_vit_tiny', 'epoch': 1,
+                'args': argparse.Namespace(model='tokenformer_vit_tiny', model_kwargs={}, lr=0.1)}, src)
+    rc = grow_main(['--checkpoint', str(src), '--model', 'tokenformer_vit_tinny', '--attn-tokens', '256',
+                    '--output', str(tmp_path / 'a.pth.tar')])
+    assert rc == 2 and '--model tokenformer_vit_tinny is not a timm model' in capsys.readouterr().err
+    assert not (tmp_path / 'a.pth.tar').exists()
+    out = tmp_path / 'grown.safetensors'
+    assert grow_main(['--checkpoint', str(src), '--attn-tokens', '256', '--output', str(out)]) == 0
+    grown = timm.create_model('tokenformer_vit_tiny', attn_tokens=256, checkpoint_path=str(out), **SMALL).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert (grown(x) - model(x)).abs().max().item() <= 1e-5
+    before = out.read_bytes()  # an existing --output is replaced only when asked
+    assert grow_main(['--checkpoint', str(src), '--attn-tokens', '320', '--output', str(out)]) == 2
+    assert f'--output {out} exists: pass a new file name, or --overwrite' in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert grow_main(['--checkpoint', str(src), '--attn-tokens', '320', '--output', str(out), '--overwrite']) == 0
+
+
+def test_timm_script_given_a_folder_names_the_script_to_pass(tmp_path, capsys):
+    from tokenformer_vit.timm_script import main as script_main
+    assert script_main([str(tmp_path)]) == 2
+    assert f'{tmp_path} is a folder: pass the path of the script in it, e.g. {tmp_path / "validate.py"}' \
+        in capsys.readouterr().err

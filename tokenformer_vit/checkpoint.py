@@ -1,7 +1,9 @@
 """Checkpoints on disk: read in any of the formats we meet, written atomically, and handed to timm
 (a `local-dir:` folder, the validate.py command that evaluates one)."""
+import argparse
 import contextlib
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,7 +15,7 @@ from .errors import CheckpointError
 from .growth import GrowthError, token_counts
 
 __all__ = ['CheckpointError', 'atomic_file', 'read_checkpoint', 'save_atomic', 'recorded_model_kwargs',
-           'write_hf_dir', 'validate_command', 'validate_flags']
+           'check_hf_dir', 'write_hf_dir', 'place_hf_dir', 'validate_command', 'validate_flags']
 
 
 def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
@@ -29,9 +31,11 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
             raise CheckpointError(f'Checkpoint {path} could not be read as a safetensors file '
                                   f'({e.__class__.__name__}): pass an intact .safetensors, .pth or .pth.tar file.') from None
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = _torch_load(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise CheckpointError(f'Checkpoint {path} could not be read as a torch or safetensors file ({e.__class__.__name__}).')
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), argparse.Namespace):
+        ckpt['args'] = vars(ckpt['args'])  # timm's train.py saves its argparse namespace
     if not isinstance(ckpt, dict):
         raise CheckpointError(f'Checkpoint {path} holds a {type(ckpt).__name__}, not a state dict.')
     if 'state_dict' not in ckpt and 'model' in ckpt and isinstance(ckpt['model'], dict):
@@ -39,6 +43,18 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
     if 'state_dict' not in ckpt:
         ckpt = {'state_dict': ckpt}
     return ckpt
+
+
+def _torch_load(path: Path):
+    """torch.load with weights_only=True, allowing the one non-tensor class that timm's own train.py
+    pickles into its checkpoints (its argparse.Namespace of flags), which holds only plain values."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'argparse.Namespace' not in str(e):
+            raise
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 @contextlib.contextmanager
@@ -88,9 +104,28 @@ def recorded_model_kwargs(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     return dict(kwargs) if isinstance(kwargs, dict) else {}
 
 
+# A folder the grow command writes for timm's local-dir: holds these files and no others, the first
+# being its mark: a folder that has it, and nothing but these, may be replaced by the next grow.
+HF_DIR_MARK = '.tokenformer_vit_hf_dir'
+HF_DIR_FILES = (HF_DIR_MARK, 'config.json', 'pytorch_model.bin', 'model.safetensors')
+
+
+def check_hf_dir(hf_dir: os.PathLike) -> None:
+    """Refuse an --hf-dir that is a file, or a folder holding anything the grow command did not write."""
+    hf_dir = Path(hf_dir)
+    if hf_dir.exists() and not hf_dir.is_dir():
+        raise GrowthError(f'--hf-dir {hf_dir} is a file: pass a folder name for the timm local-dir: model.')
+    names = {p.name for p in hf_dir.iterdir()} if hf_dir.is_dir() else set()
+    foreign = sorted(names - set(HF_DIR_FILES)) or (sorted(names) if names and HF_DIR_MARK not in names else [])
+    if foreign:
+        raise GrowthError(f'--hf-dir {hf_dir} holds files the grow command did not write ({", ".join(foreign[:3])}): '
+                          f'pass a new or empty folder, so that nothing in it is replaced.')
+
+
 def write_hf_dir(arch: str, state_dict: Dict[str, torch.Tensor], attn_tokens: int, ffn_tokens: int,
-                 hf_dir: os.PathLike, model_kwargs: Optional[Dict[str, Any]] = None) -> None:
-    """A folder that `timm.create_model("local-dir:DIR")` rebuilds at the grown size."""
+                 hf_dir: os.PathLike, model_kwargs: Optional[Dict[str, Any]] = None) -> Path:
+    """Write, beside `hf_dir`, a folder that `timm.create_model("local-dir:DIR")` rebuilds at the grown
+    size; returns it, for `place_hf_dir` to put in place (or `shutil.rmtree` to drop)."""
     import timm
     kwargs = model_kwargs_of(state_dict, model_kwargs)
     try:
@@ -99,11 +134,33 @@ def write_hf_dir(arch: str, state_dict: Dict[str, torch.Tensor], attn_tokens: in
         raise GrowthError(f'cannot build {arch} with {kwargs} for --hf-dir ({e}): pass the arguments it was '
                           f'trained with as --model-kwargs, e.g. num_heads=4.') from None
     model.load_state_dict(state_dict)
-    tmp = Path(tempfile.mkdtemp(prefix=Path(hf_dir).name + '.', dir=Path(hf_dir).resolve().parent))
-    timm.models.save_for_hf(model, str(tmp), model_args=dict(attn_tokens=attn_tokens, ffn_tokens=ffn_tokens, **kwargs))
-    if Path(hf_dir).exists():
-        shutil.rmtree(hf_dir)
-    os.replace(tmp, hf_dir)
+    parent = Path(hf_dir).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{Path(hf_dir).name}.', suffix='.tmp', dir=parent))
+    try:
+        timm.models.save_for_hf(model, str(tmp), model_args=dict(attn_tokens=attn_tokens, ffn_tokens=ffn_tokens, **kwargs))
+        (tmp / HF_DIR_MARK).write_text('written by python -m tokenformer_vit.grow; the next grow may replace it\n')
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def place_hf_dir(tmp: Path, hf_dir: os.PathLike) -> None:
+    """Put the folder `write_hf_dir` wrote at `hf_dir`, replacing an earlier one that only the grow
+    command wrote (`check_hf_dir`, again: nothing else is removed)."""
+    hf_dir = Path(hf_dir)
+    check_hf_dir(hf_dir)
+    if hf_dir.is_dir():
+        old = Path(tempfile.mkdtemp(prefix=f'.{hf_dir.name}.', suffix='.old', dir=tmp.parent))
+        os.replace(hf_dir, old / hf_dir.name)
+        os.replace(tmp, hf_dir)
+        for name in HF_DIR_FILES:
+            (old / hf_dir.name / name).unlink(missing_ok=True)
+        (old / hf_dir.name).rmdir()
+        old.rmdir()
+    else:
+        os.replace(tmp, hf_dir)
 
 
 def validate_command(arch: Optional[str], state_dict: Dict[str, torch.Tensor], checkpoint: os.PathLike,

@@ -229,6 +229,8 @@ def grow_state_dict(state_dict: Dict[str, torch.Tensor], attn_tokens: int, ffn_t
         if _ATTN.match(k) or _FFN.match(k):
             prefix = k[:-len('key_tokens')]
             n = attn_tokens if _ATTN.match(k) else ffn_tokens
+            if state_dict[k].shape[0] == n:  # as grow_pattention: a layer that keeps its count keeps its τ
+                continue
             key, value, tau = grow_tokens(state_dict[k], state_dict[prefix + 'value_tokens'],
                                           state_dict[prefix + 'tau'], n, mode, generator=generator)
             out[k], out[prefix + 'value_tokens'], out[prefix + 'tau'] = key, value, tau

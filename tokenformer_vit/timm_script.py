@@ -19,6 +19,10 @@ def main(argv=None) -> int:
         print(__doc__)
         return 0 if argv else 2
     script = Path(argv[0])
+    if script.is_dir():
+        print(f"error: {script} is a folder: pass the path of the script in it, e.g. {script / 'validate.py'}.",
+              file=sys.stderr)
+        return 2
     if not script.is_file():
         print(f"error: {script} does not exist: timm's scripts are not in its wheel; clone timm's repository "
               f"(git clone https://github.com/huggingface/pytorch-image-models) and pass the path of {script.name} "
