@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from tokenformer_vit.data import DataError, build_loader
+from tokenformer_vit.errors import ShardError
 from tokenformer_vit.make_shards import make_shards
 from tokenformer_vit.transforms import RandAugment, build_mixup, build_train_transform, decode_rgb, normalize_batch, seed_transform
 
@@ -107,6 +108,14 @@ def test_corrupt_images_are_skipped_named_and_counted(tmp_path, capsys):
     entry = make_shards(str(src), 'train', tmp_path / 'out', progress=False)
     assert entry['num_samples'] == 6 and entry['skipped'] == 1
     assert 'broken.jpg' in capsys.readouterr().err
+    bad = tmp_path / 'bad'  # no readable image at all: refused, and the split written before stays
+    (bad / 'cat').mkdir(parents=True)
+    (bad / 'cat' / 'broken.jpg').write_bytes(b'not a jpeg')
+    before = (tmp_path / 'out' / '_info.json').read_text()
+    with pytest.raises(ShardError, match='none of the 1 images .* could be read'):
+        make_shards(str(bad), 'train', tmp_path / 'out', progress=False)
+    assert (tmp_path / 'out' / '_info.json').read_text() == before
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == sorted(['_info.json', *entry['filenames']])
 
 
 def test_rerun_leaves_no_temporary_or_stale_files_and_merges_splits(tmp_path):
@@ -115,8 +124,8 @@ def test_rerun_leaves_no_temporary_or_stale_files_and_merges_splits(tmp_path):
     make_shards(str(src), 'validation', tmp_path / 'out', shard_size=9, progress=False)
     make_shards(str(src), 'train', tmp_path / 'out', shard_size=9, progress=False)
     names = sorted(p.name for p in (tmp_path / 'out').iterdir())
-    assert names == ['_info.json', 'out-train-000000.tar', 'out-train-000001.tar',
-                     'out-validation-000000.tar', 'out-validation-000001.tar']
+    assert names == ['_info.json', 'out-train-g2-000000.tar', 'out-train-g2-000001.tar',
+                     'out-validation-g1-000000.tar', 'out-validation-g1-000001.tar']
     info = json.loads((tmp_path / 'out' / '_info.json').read_text())
     assert set(info['splits']) == {'train', 'validation'}
 
@@ -257,7 +266,7 @@ def test_fashion_mnist_downloads_once_checked_and_atomically(tmp_path, monkeypat
     assert fm.load_fashion_mnist('test')[0].shape == (10_000, 28, 28)  # cached: no download needed
     monkeypatch.setattr(fm, 'MD5', dict(md5, **{'t10k-labels-idx1-ubyte.gz': '0' * 32}))
     (tmp_path / 'cache' / 't10k-labels-idx1-ubyte.gz').unlink()
-    with pytest.raises(RuntimeError, match='Could not download Fashion-MNIST t10k-labels.*MD5'):
+    with pytest.raises(DataError, match='Could not download Fashion-MNIST t10k-labels.*MD5'):
         fm.download_fashion_mnist(tmp_path / 'cache', (good,))
     assert not (tmp_path / 'cache' / 't10k-labels-idx1-ubyte.gz').exists()
     assert not [p for p in (tmp_path / 'cache').iterdir() if p.name.startswith('.')]
@@ -463,3 +472,112 @@ def test_cifar10_that_is_not_there_or_has_other_classes_is_one_clear_error(tmp_p
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "zebra" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / 'out').exists()  # refused before anything was written
+
+
+def read_every_sample(root):
+    """[(label, class name from the sample's own json)] of every shard _info.json lists, and the info."""
+    info = json.loads((root / '_info.json').read_text())
+    pairs = []
+    for split in info['splits'].values():
+        for name in split['filenames']:
+            with tarfile.open(root / name) as tar:
+                samples = {}
+                for m in tar.getmembers():
+                    key, ext = m.name.split('.', 1)
+                    samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+            pairs += [(int(s['cls']), json.loads(s['json'])['class']) for s in samples.values()]
+        assert len(pairs) == split['num_samples'], (len(pairs), split['num_samples'])
+    return pairs, info
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_a_rebuild_killed_at_a_random_shard_leaves_a_set_whose_every_label_names_its_class(tmp_path, seed):
+    # a real make_shards process, rebuilding with another class order, SIGTERMed once a seeded random
+    # number of its new shards is on disk: _info.json and every listed shard must still agree
+    # (before: the old _info.json with half the shards relabelled, and training on it ran to exit 0)
+    import random
+    import signal
+    import time
+    print(f'seed={seed}')
+    rng = np.random.default_rng(seed)
+    src = tmp_path / 'in'
+    for c in ('cat', 'dog', 'eel'):  # PNGs, which are re-encoded: a shard takes a few milliseconds
+        (src / c).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(src / c / f'{i}.png')
+    out = tmp_path / 'out'
+    make_shards(str(src), 'train', out, shard_size=2, progress=False)
+    (tmp_path / 'order.txt').write_text('eel\ncat\ndog\n')
+    target = random.Random(seed).randint(1, 50)  # of 60 new shards
+    start = time.time_ns()
+    proc = subprocess.Popen([sys.executable, '-m', 'tokenformer_vit.make_shards', '--input', str(src), '--split', 'train',
+                             '--output', str(out), '--class-list', str(tmp_path / 'order.txt'), '--shard-size', '2',
+                             '--workers', '1'], stderr=subprocess.DEVNULL)
+    while proc.poll() is None and sum(p.stat().st_mtime_ns > start for p in out.glob('*.tar')) < target:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == -signal.SIGTERM  # killed mid-rebuild, not after it
+    pairs, info = read_every_sample(out)
+    assert len(pairs) == 120 and all(info['classes'][label] == name for label, name in pairs)
+    assert info['classes'] in (['cat', 'dog', 'eel'], ['eel', 'cat', 'dog'])
+    make_shards(str(src), 'train', out, class_list=tmp_path / 'order.txt', shard_size=2, progress=False)
+    pairs, info = read_every_sample(out)
+    assert info['classes'] == ['eel', 'cat', 'dog'] and all(info['classes'][l] == n for l, n in pairs)
+    listed = set(info['splits']['train']['filenames'])
+    assert sorted(p.name for p in out.iterdir()) == sorted(listed | {'_info.json'})  # nothing else is left
+
+
+def test_16_bit_32_bit_and_float_images_are_scaled_to_8_bits_not_clipped():
+    from tokenformer_vit.make_shards import to_rgb8
+    ramp16 = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    expected = np.rint(ramp16 / 257.0)
+    for img in (Image.fromarray(ramp16), Image.fromarray(ramp16.astype(np.int32), 'I')):
+        got = np.asarray(to_rgb8(img))
+        assert got.shape == (8, 64, 3) and np.abs(got[..., 0] - expected).max() <= 1 and (got[..., 0] == got[..., 2]).all()
+    unit = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (8, 1))
+    assert np.abs(np.asarray(to_rgb8(Image.fromarray(unit, 'F')))[..., 1] - np.rint(unit * 255)).max() <= 1
+    wide = np.tile(np.linspace(-1e6, 3e6, 64), (8, 1)).astype(np.int32)  # outside 0-65535: its own range
+    got = np.asarray(to_rgb8(Image.fromarray(wide, 'I')))[..., 0]
+    assert got[0, 0] == 0 and got[0, -1] == 255 and np.all(np.diff(got[0].astype(int)) >= 0)
+
+
+def test_palette_cmyk_and_alpha_images_keep_their_colours():
+    from tokenformer_vit.make_shards import to_rgb8
+    pal = Image.new('P', (4, 4))
+    pal.putpalette([0, 0, 0, 200, 30, 60] + [0] * 762)
+    pal.putpixel((1, 1), 1)
+    got = np.asarray(to_rgb8(pal))
+    assert tuple(got[1, 1]) == (200, 30, 60) and tuple(got[0, 0]) == (0, 0, 0)
+    cmyk = np.asarray(to_rgb8(Image.new('CMYK', (2, 2), (0, 255, 255, 0))))
+    assert tuple(cmyk[0, 0]) == (255, 0, 0)  # no cyan or black, full magenta and yellow: red
+    rgba = np.asarray(to_rgb8(Image.new('RGBA', (2, 2), (10, 20, 30, 0))))
+    assert tuple(rgba[0, 0]) == (10, 20, 30)  # alpha dropped, as timm's loader drops it
+
+
+def test_a_16_bit_png_is_stored_with_its_grey_levels_and_a_dangling_link_is_skipped_and_counted(tmp_path, capsys):
+    # before: the gradient came out white (mean 254.5 of 255), and the dangling link vanished uncounted
+    src = tmp_path / 'in'
+    (src / 'a').mkdir(parents=True)
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(src / 'a' / 'deep.png')
+    (src / 'a' / 'gone.jpg').symlink_to(tmp_path / 'nowhere.jpg')
+    entry = make_shards(str(src), 'train', tmp_path / 'out', progress=False)
+    assert entry['num_samples'] == 1 and entry['skipped'] == 1 and 'gone.jpg' in capsys.readouterr().err
+    pairs, _ = read_every_sample(tmp_path / 'out')
+    with tarfile.open(tmp_path / 'out' / entry['filenames'][0]) as tar:
+        jpg = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith('.jpg'))
+    img = decode_rgb(jpg).astype(float)
+    assert abs(img.mean() - 127.5) < 2 and img[:, 0].mean() < 3 and img[:, -1].mean() > 252
+
+
+def test_a_split_with_no_shards_or_samples_is_one_clear_error_at_once(tmp_path):
+    root = id_shards(tmp_path / 'ids', 4, [4])
+    info = json.loads((root / '_info.json').read_text())
+    info['splits']['validation'] = dict(name='validation', num_samples=0, filenames=[], shard_lengths=[])
+    (root / '_info.json').write_text(json.dumps(info))
+    with pytest.raises(DataError, match="Split 'validation' of .* has no samples"):
+        build_loader(str(root), 'validation', 2, False, num_workers=0, img_size=8)
+    del info['splits']['train']['num_samples']
+    (root / '_info.json').write_text(json.dumps(info))
+    with pytest.raises(DataError, match="does not list split 'train' as make_shards writes it"):
+        build_loader(str(root), 'train', 2, True, num_workers=0, img_size=8)

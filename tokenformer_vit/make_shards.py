@@ -10,9 +10,11 @@ in --class-list (e.g. the 1,000 ImageNet synsets in class-index order). Each sam
 KEY.cls (the index as ASCII) and KEY.json (original file name, class name), with keys free of dots.
 Samples are shuffled once (fixed seed) before sharding, so that a shard mixes classes. The split is
 merged into ROOT/_info.json (docs/design.md, "Shards and the loader"). JPEGs that need no resizing are stored byte for byte;
-other images are converted to RGB, resized so the longer side is at most --max-side, and encoded at
-quality 95. An unreadable image is skipped, named and counted. Shards and _info.json are written to
-temporary names and renamed, so a killed or repeated run never leaves half a file behind.
+other images are converted to 8-bit RGB (16-bit, 32-bit and float pixels scaled, not clipped), resized
+so the longer side is at most --max-side, and encoded at quality 95. An unreadable image, or a dangling
+link, is skipped, named and counted. A rebuild writes a new generation of shards beside the old and
+switches over by replacing _info.json, so a killed or repeated run leaves either the old set or the
+new one, never half a file or a mix.
 """
 import argparse
 import io
@@ -27,6 +29,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 from PIL import Image
 
 from .checkpoint import atomic_file
@@ -67,7 +70,8 @@ def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[Li
     items = []
     for name in folders:
         for path in sorted((root / name).rglob('*')):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            # a dangling link is listed too: it is then skipped and counted like an unreadable file
+            if path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or (path.is_symlink() and not path.exists())):
                 items.append((path, index[name]))
     if not items:
         raise ShardError(f'Input folder {root} holds no images ({", ".join(IMAGE_EXTENSIONS)}).')
@@ -87,13 +91,32 @@ def encode_sample(source, max_side: int, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     img.load()  # decode fully: a truncated or corrupt file fails here, not in training
     if raw is not None and fmt == 'JPEG' and mode in ('RGB', 'L') and max(size) <= max_side:
         return raw
-    img = img.convert('RGB')
+    img = to_rgb8(img)
     if max(size) > max_side:
         scale = max_side / max(size)
         img = img.resize((max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), Image.BICUBIC)
     out = io.BytesIO()
     img.save(out, format='JPEG', quality=JPEG_QUALITY)
     return out.getvalue()
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of the same content. PIL's own conversion clips 16-bit, 32-bit and float
+    pixels to 255 or truncates them to 0; here they are scaled instead: 16-bit (and 32-bit values
+    within 0-65535, as PIL opens some 16-bit files) by 255/65535, floats within 0-1 by 255, any other
+    range from its minimum to its maximum. Palette, CMYK, alpha (dropped, as timm's loader drops it)
+    and bilevel images go through PIL's conversion."""
+    if img.mode.startswith('I') or img.mode == 'F':
+        a = np.asarray(img, dtype=np.float64)
+        low, high = (a.min(), a.max()) if a.size else (0.0, 0.0)
+        if img.mode == 'F' and low >= 0 and high <= 1:
+            scaled = a * 255
+        elif img.mode != 'F' and low >= 0 and high <= 65535:
+            scaled = a * (255 / 65535)
+        else:
+            scaled = (a - low) * (255 / (high - low)) if high > low else np.zeros_like(a)
+        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), 'L')
+    return img.convert('RGB')
 
 
 def _write_shard(job) -> Tuple[str, int, List[str]]:
@@ -159,34 +182,73 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
     root = Path(output)
     name = _check_request(input, split, root, name, shard_size, max_side, max_pixels, workers)
     items, classes = _labelled_items(input, split, root, class_list)
+    made = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ShardError(f'cannot create --output {root} ({e.strerror}): choose a writable folder.') from None
+    try:
+        return _write_split(root, name, split, items, classes, input, shard_size, max_side, workers, seed, progress,
+                            max_pixels)
+    except BaseException:
+        if made and not any(root.iterdir()):  # a refused or failed first build leaves no empty folder
+            root.rmdir()
+        raise
+
+
+def _write_split(root: Path, name: str, split: str, items: List[Item], classes: List[str], input: str,
+                 shard_size: int, max_side: int, workers: int, seed: int, progress: bool, max_pixels: int) -> Dict:
     random.Random(seed).shuffle(items)
     items = [(f'{split}_{i:08d}', label, cname, src, fname) for i, (_, label, cname, src, fname) in enumerate(items)]
-    for stale in root.glob(f'.{name}-{split}-*.tmp'):  # left by a killed run
-        stale.unlink()
-    jobs = [(str(root / f'{name}-{split}-{i:06d}.tar'), items[s:s + shard_size], max_side, max_pixels)
+    # A rebuild writes a new generation of shards beside the old, whose names it never reuses, and
+    # switches over by replacing _info.json: killed at any point, the folder holds the old set or the
+    # new one, each as its _info.json lists it. Only then are the old shards removed.
+    info_path = root / '_info.json'
+    before = _split_entry(info_path, split)
+    listed = {f for f in before.get('filenames', []) if isinstance(f, str)}
+    _remove_ours(root, name, split, keep=listed)  # shards and temporaries of killed runs
+    generation = before.get('generation') if isinstance(before.get('generation'), int) else 0
+    generation += 1
+    jobs = [(str(root / f'{name}-{split}-g{generation}-{i:06d}.tar'), items[s:s + shard_size], max_side, max_pixels)
             for i, s in enumerate(range(0, len(items), shard_size))]
     results, skipped = _write_all(jobs, workers, f'{name}/{split}' if progress else None)
     filenames = [Path(j[0]).name for j in jobs]
-    keep = set(filenames)
-    for old in root.glob(f'{name}-{split}-*.tar'):
-        if old.name not in keep:  # from an earlier run with more shards
-            old.unlink()
+    if not sum(results.values()):  # nothing to switch to: the old set stays
+        _remove_ours(root, name, split, keep=listed)
+        raise ShardError(f'none of the {len(items)} images of {input} could be read ({skipped[0]}): the split was not '
+                         f'written.')
     entry = dict(name=split, num_samples=sum(results.values()), filenames=filenames,
-                 shard_lengths=[results[f] for f in filenames], num_classes=len(classes), skipped=len(skipped))
-    info_path = root / '_info.json'
+                 shard_lengths=[results[f] for f in filenames], num_classes=len(classes), skipped=len(skipped),
+                 generation=generation)
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     info['name'] = name
     info.setdefault('splits', {})[split] = entry
     info['classes'] = classes
-    with atomic_file(info_path, 'w') as f:
+    with atomic_file(info_path, 'w') as f:  # the switch
         json.dump(info, f, indent=1)
+    for old in listed - set(filenames):  # the previous set, which the old _info.json listed as ours
+        if '/' not in old and old.startswith(f'{name}-{split}-') and old.endswith('.tar'):
+            (root / old).unlink(missing_ok=True)
+    _remove_ours(root, name, split, keep=set(filenames))
     for s in skipped:
         print(f'skipped unreadable image: {s}', file=sys.stderr)
     return entry
+
+
+def _split_entry(info_path: Path, split: str) -> Dict:
+    """The split's entry of an existing _info.json, or {}."""
+    if not info_path.is_file():
+        return {}
+    entry = json.loads(info_path.read_text()).get('splits', {}).get(split)
+    return entry if isinstance(entry, dict) else {}
+
+
+def _remove_ours(root: Path, name: str, split: str, keep: set) -> None:
+    """Remove this split's shards that _info.json does not list and the temporaries of killed
+    writes: files named as make_shards names them, and no others."""
+    for path in [*root.glob(f'{name}-{split}-*.tar'), *root.glob(f'.{name}-{split}-*.tmp')]:
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _check_request(input: str, split: str, root: Path, name: Optional[str], shard_size: int, max_side: int,
