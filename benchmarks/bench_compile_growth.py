@@ -60,7 +60,31 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def phase_seconds(phase: str, model, compiled, opt, amp, x, y, args) -> list:
+    """Seconds of each of `args.steps` training steps (phase 'train') or evaluation steps ('eval')."""
+    times = []
+    for _ in range(args.steps):
+        _sync(args.device)
+        t0 = time.perf_counter()
+        if phase == 'train':
+            model.train()
+            with amp():
+                loss = torch.nn.functional.cross_entropy(compiled(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            model.eval()
+            with torch.no_grad(), amp():
+                compiled(x)
+        _sync(args.device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def run_strategy(strategy: str, args) -> dict:
+    """Train and evaluate a compiled model at every size, meeting each growth the `strategy` way."""
+
     torch._dynamo.reset()
     if not args.cache:  # each strategy compiles from scratch: no graph compiled by an earlier one is reused
         torch._inductor.config.fx_graph_cache = False
@@ -90,23 +114,8 @@ def run_strategy(strategy: str, args) -> dict:
             compiled = torch.compile(model, backend=backend)
             row = dict(attn_tokens=n, ffn_tokens=4 * n)
             for phase in ('train', 'eval'):
-                before, times = backend.graphs, []
-                for _ in range(args.steps):
-                    _sync(args.device)
-                    t0 = time.perf_counter()
-                    if phase == 'train':
-                        model.train()
-                        with amp():
-                            loss = torch.nn.functional.cross_entropy(compiled(x), y)
-                        loss.backward()
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                    else:
-                        model.eval()
-                        with torch.no_grad(), amp():
-                            compiled(x)
-                    _sync(args.device)
-                    times.append(time.perf_counter() - t0)
+                before = backend.graphs
+                times = phase_seconds(phase, model, compiled, opt, amp, x, y, args)
                 row[f'{phase}_graphs'] = backend.graphs - before
                 row[f'{phase}_first_s'] = times[0]
                 row[f'{phase}_step_s'] = statistics.median(times[1:]) if len(times) > 1 else None

@@ -147,6 +147,19 @@ def run_pair(ours: str, base: str, args, compiled: bool) -> list:
     return rows
 
 
+def print_pair(pair_rows: list) -> None:
+    """The baseline's line, then one line per implementation of ours with its ratios."""
+    r = pair_rows[0]
+    print(f'{r["baseline"]:<32}{r["mode"]:<9}{r["baseline_params"] / 1e6:>9.1f}'
+          f'{r["baseline_infer_img_s"]:>12.1f}{"":>7}{r["baseline_train_img_s"]:>12.1f}{"":>7}'
+          f'{r["baseline_saved_mib"]:>10.0f}{"":>7}{r["baseline_peak_train_mib"]:>10.0f}')
+    for r in pair_rows:
+        print(f'{r["ours"] + " " + r["impl"]:<32}{r["mode"]:<9}{r["params"] / 1e6:>9.1f}'
+              f'{r["infer_img_s"]:>12.1f}{r["infer_ratio"]:>7.3f}{r["train_img_s"]:>12.1f}'
+              f'{r["train_ratio"]:>7.3f}{r["saved_mib"]:>10.0f}{r["saved_ratio"]:>7.3f}'
+              f'{r["peak_train_mib"]:>10.0f}', flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--pairs', nargs='+', default=['base_pm'], help=f'{", ".join(PAIRS)} or all')
@@ -200,16 +213,7 @@ def main() -> None:
             pair_rows = run_pair(ours, base, args, compiled)
             rows += pair_rows
             write_json()
-            r = pair_rows[0]
-            print(f'{r["baseline"]:<32}{r["mode"]:<9}{r["baseline_params"] / 1e6:>9.1f}'
-                  f'{r["baseline_infer_img_s"]:>12.1f}{"":>7}{r["baseline_train_img_s"]:>12.1f}{"":>7}'
-                  f'{r["baseline_saved_mib"]:>10.0f}{"":>7}{r["baseline_peak_train_mib"]:>10.0f}')
-            for r in pair_rows:
-                print(f'{r["ours"] + " " + r["impl"]:<32}{r["mode"]:<9}{r["params"] / 1e6:>9.1f}'
-                      f'{r["infer_img_s"]:>12.1f}{r["infer_ratio"]:>7.3f}{r["train_img_s"]:>12.1f}'
-                      f'{r["train_ratio"]:>7.3f}{r["saved_mib"]:>10.0f}{r["saved_ratio"]:>7.3f}'
-                      f'{r["peak_train_mib"]:>10.0f}', flush=True)
-
+            print_pair(pair_rows)
 
 if __name__ == '__main__':
     main()

@@ -161,7 +161,7 @@ def main() -> None:
     runs += [(pair, 'ours', impl, mode) for pair in args.pairs for impl in args.impls for mode in args.modes]
     runs.sort(key=lambda r: (args.pairs.index(r[0]), args.modes.index(r[3]), r[1] == 'ours'))
     rows = json.loads(Path(args.json).read_text()) if args.append and args.json and Path(args.json).is_file() else []
-    argv = [a for a in sys.argv[1:]]
+    argv = sys.argv[1:]
     for one in runs:
         res = subprocess.run([sys.executable, __file__, *argv, '--one', *one], capture_output=True, text=True)
         if res.returncode:

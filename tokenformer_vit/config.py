@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--pattention-impl', default='auto', choices=PATTENTION_IMPLS,
                    help="Pattention's implementation: 'fused' Triton kernels (CUDA, opt-in: slower than 'torch' in "
                         "training on an H200 so far), 'torch', or 'auto' (torch)")
-    g = p.add_argument_group('data')
+    _add_data_flags(p.add_argument_group('data'))
+    _add_optimization_flags(p.add_argument_group('optimization'))
+    _add_run_flags(p.add_argument_group('run'))
+    _add_submit_flags(p.add_argument_group('submitit (with --submit)'))
+    return p
+
+
+def _add_data_flags(g) -> None:
     g.add_argument('--data-dir', default=None, help='folder of WebDataset shards with _info.json')
     g.add_argument('--shards-from', default=None, choices=['fashion-mnist', 'cifar10'],
                    help='build --data-dir from this source if it has no _info.json')
@@ -66,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--smoothing', type=float, default=0.1)
     g.add_argument('--max-image-pixels', type=int, default=MAX_IMAGE_PIXELS,
                    help='skip (and count) images larger than this many pixels instead of decoding them')
-    g = p.add_argument_group('optimization')
+
+
+def _add_optimization_flags(g) -> None:
     g.add_argument('--epochs', type=int, default=300)
     g.add_argument('--batch-size', type=int, default=128, help='per device')
     g.add_argument('--lr', type=float, default=None, help='absolute learning rate (default: --blr x global batch / 256)')
@@ -84,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--compile-mode', default='default', choices=COMPILE_MODES,
                    help="torch.compile's mode, with --compile: reduce-overhead captures each step as a CUDA graph "
                         "(CUDA), max-autotune-no-cudagraphs times inductor's GEMM templates and fusions")
-    g = p.add_argument_group('run')
+
+
+def _add_run_flags(g) -> None:
     g.add_argument('--output', default=None, help='run folder: checkpoints, logs; a rerun resumes from it')
     g.add_argument('--seed', type=int, default=0)
     g.add_argument('--device', default=None, help='default: cuda if available, else cpu')
@@ -96,8 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--log-every', type=int, default=20, help='steps between loss points in the logs')
     g.add_argument('--tensorboard', action='store_true', help='also write TensorBoard events to OUTPUT/tb')
     g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bar on rank 0')
-    _add_submit_flags(p.add_argument_group('submitit (with --submit)'))
-    return p
 
 
 def _add_growth_flags(g) -> None:

@@ -49,7 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_paths(args: argparse.Namespace) -> None:
     """Refuse, before anything is read or written, outputs that would overwrite the input or a folder
     of other files, or cannot be what they are asked to be."""
-    import timm
     if args.mode == 'ramp':
         raise GrowthError("--mode ramp moves τ during training, after the growth: grow the checkpoint with --mode "
                           "preserve (its start), or train with --grow-mode ramp.")
@@ -65,10 +64,9 @@ def check_paths(args: argparse.Namespace) -> None:
     if Path(args.output).exists() and not args.overwrite:
         raise GrowthError(f'--output {args.output} exists: pass a new file name, or --overwrite to replace it.')
     if args.hf_dir:
-        check_hf_dir(args.hf_dir)
-        if Path(args.checkpoint).resolve().parent == Path(args.hf_dir).resolve() or \
-                Path(args.output).resolve().parent == Path(args.hf_dir).resolve():
-            raise GrowthError(f'--hf-dir {args.hf_dir} holds --checkpoint or --output: pass a folder of its own.')
+        check_hf_dir(args.hf_dir)  # a folder holding --checkpoint is refused here: it did not write it
+        if Path(args.output).resolve().parent == Path(args.hf_dir).resolve():
+            raise GrowthError(f'--output {args.output} is inside --hf-dir {args.hf_dir}: pass a folder of its own.')
 
 
 def save_output(ckpt: dict, path: str) -> None:

@@ -226,10 +226,7 @@ def _write_split(root: Path, name: str, split: str, items: List[Item], classes: 
     info['classes'] = classes
     with atomic_file(info_path, 'w') as f:  # the switch
         json.dump(info, f, indent=1)
-    for old in listed - set(filenames):  # the previous set, which the old _info.json listed as ours
-        if '/' not in old and old.startswith(f'{name}-{split}-') and old.endswith('.tar'):
-            (root / old).unlink(missing_ok=True)
-    _remove_ours(root, name, split, keep=set(filenames))
+    _remove_ours(root, name, split, keep=set(filenames))  # the previous set
     for s in skipped:
         print(f'skipped unreadable image: {s}', file=sys.stderr)
     return entry

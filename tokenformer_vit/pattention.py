@@ -105,10 +105,7 @@ class _L2GeluPattention(torch.autograd.Function):
         ctx.dtypes = (x.dtype, key.dtype, value.dtype)
         if dtype is not None:
             x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
-        mm, x = (torch.mm, x) if g == 1 else (torch.bmm, x.expand(g, -1, -1))
-        z = mm(x, key.mT)
-        s = _row_scale(z, tau, eps)
-        z.mul_(s)
+        mm, x, z, s = _normalised_scores(x, key, tau, eps)
         y = mm(F.gelu(z), value)
         ctx.save_for_backward(x, key, value, tau, z, s)
         return y
@@ -140,22 +137,35 @@ class _L2GeluPattention(torch.autograd.Function):
         return (None, None, dx, *split(dkey), *split(dvalue)) + (None,) * g
 
 
+def _normalised_scores(x: torch.Tensor, key: torch.Tensor, tau: torch.Tensor, eps: float):
+    """(the matmul for these shapes, x as it enters it, Z = S·X·Kᵀ, S): one layer (2-D K, torch.mm)
+    or a stack (3-D K, torch.bmm over x broadcast to each layer)."""
+    mm, x = (torch.mm, x) if key.dim() == 2 else (torch.bmm, x.expand(key.shape[0], -1, -1))
+    z = mm(x, key.mT)
+    s = _row_scale(z, tau, eps)
+    return mm, x, z.mul_(s), s
+
+
 def _l2_gelu_inference(x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor,
                        eps: float) -> torch.Tensor:
-    """The fast path's forward when nothing is saved for backward: Θ in place on the scores."""
-    mm, xs = (torch.mm, x) if key.dim() == 2 else (torch.bmm, x.expand(key.shape[0], -1, -1))
-    a = mm(xs, key.mT)
-    a.mul_(_row_scale(a, tau, eps))
-    return mm(torch.ops.aten.gelu_(a), value)
+    """The fast path's forward when nothing is saved for backward: GeLU in place on the scores."""
+    mm, _, z, _ = _normalised_scores(x, key, tau, eps)
+    return mm(torch.ops.aten.gelu_(z), value)
 
 
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    """The dtype autocast runs matmuls in on this device type, or None when autocast is off."""
+def _autocast_dtype(x: torch.Tensor, key: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast runs the matmuls in on x's device, or None when autocast is off (then x
+    must have the parameters' dtype). The custom function and op run outside autocast and cast to it."""
+    device_type = x.device.type
     # torch.amp.is_autocast_available is a builtin that torch 2.11's dynamo cannot trace (a graph
     # break): under torch.compile the device is one that compiles, where autocast always exists
-    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
-        return None
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if (torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type)) and \
+            torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    if x.dtype != key.dtype:
+        raise TypeError(f'Pattention got input of dtype {x.dtype} for parameters of dtype {key.dtype}: '
+                        f'cast the input or the model, or run under torch.autocast.')
+    return None
 
 
 def _pattention(x: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
@@ -165,13 +175,8 @@ def _pattention(x: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[
         if len(keys) > 1:
             x = x.expand(len(keys), -1, -1)
         return theta(x @ key.mT, norm, tau, eps) @ value
-    device_type = x.device.type
-    dtype = _autocast_dtype(device_type)
-    if dtype is None and x.dtype != keys[0].dtype:
-        raise TypeError(f'Pattention got input of dtype {x.dtype} for parameters of dtype {keys[0].dtype}: '
-                        f'cast the input or the model, or run under torch.autocast.')
-    # the autograd function casts as autocast would for the matmuls, and runs outside autocast
-    with torch.autocast(device_type, enabled=False) if dtype is not None else contextlib.nullcontext():
+    dtype = _autocast_dtype(x, keys[0])
+    with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in (*keys, *values))):
             return _L2GeluPattention.apply(eps, dtype, x, *keys, *values, *taus)
         key, value, tau = _stack(keys, values, taus)
@@ -280,13 +285,9 @@ class Pattention(nn.Module):
             raise RuntimeError(f"Pattention impl='fused' runs on CUDA tensors, got a {x.device.type} tensor: use "
                                f"impl='auto' or 'torch' there (or TRITON_INTERPRET=1 to test the kernels on the CPU).")
         key, value = self.key_tokens, self.value_tokens
-        dtype = _autocast_dtype(x.device.type)
+        dtype = _autocast_dtype(x, key)
         if dtype is not None:
-            # the custom op runs outside autocast: cast as autocast would for the matmuls
             x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
-        elif x.dtype != key.dtype:
-            raise TypeError(f'Pattention got input of dtype {x.dtype} for parameters of dtype {key.dtype}: '
-                            f'cast the input or the model, or run under torch.autocast.')
         lead = x.shape[:-1]
         with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             y = l2_gelu_pattention(x.reshape(-1, x.shape[-1]), key, value, self.tau, self.eps)

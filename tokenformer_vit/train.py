@@ -271,7 +271,7 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         (out / '.write-test').unlink()
     except OSError as e:
         raise ConfigError(f'cannot write to --output {out} ({e.strerror}): choose a writable folder with free space.') from None
-    for stale in out.glob('.*.tmp'):  # atomic_file's temporaries (.NAME.XXXX.tmp) of saves killed half-way
+    for stale in out.glob('.*.tmp'):  # atomic_file's temporaries (.NAME.<random>.tmp) of saves killed half-way
         name = stale.name[1:-len('.tmp')].rsplit('.', 1)[0]
         if name in RUN_FILES or re.fullmatch(r'checkpoint-\d+\.pth\.tar', name):
             stale.unlink(missing_ok=True)
@@ -347,15 +347,10 @@ def check_growth_plan(args: argparse.Namespace, resume: Optional[Dict]) -> None:
         start = token_counts(resume['state_dict']) if resume is not None else None
     except GrowthError:  # resuming another timm model: the model check below says so
         start = None
-    if start is None:
-        import timm
-        try:
-            meta = timm.create_model(args.model, device='meta', **dict(args.model_kwargs))
-        except (RuntimeError, TypeError) as e:
-            raise ConfigError(f'cannot create --model {args.model} with {dict(args.model_kwargs)}: {e}') from None
-        if not hasattr(meta, 'attn_tokens'):
+    if start is None:  # config.py has checked that the flags build a model
+        start = _start_tokens(args.model, dict(args.model_kwargs))
+        if start is None:
             raise ConfigError(f'--grow needs a Tokenformer-ViT; {args.model} has no parameter tokens.')
-        start = (meta.attn_tokens, meta.ffn_tokens)
     history = list(resume.get('growth_history') or []) if resume is not None else []
     attn, ffn = start
     for event in args.grow:
@@ -418,13 +413,8 @@ class Run:
 
     def wrap(self) -> None:
         """The modules that train and evaluate: compiled with --compile, the trained one in DDP on
-        several ranks. Made anew after a growth; a compiled run then also clears dynamo's caches, so
-        that each size compiles once per phase and the old sizes' graphs, which never run again, do
-        not count towards dynamo's recompile limit (benchmarks/bench_compile_growth.py)."""
-        compiled = self.args.compile
-        if compiled:
-            torch.compiler.reset()
-        wrap = (lambda m: torch.compile(m, mode=self.args.compile_mode)) if compiled else (lambda m: m)
+        several ranks; made anew after a growth (`grow_if_scheduled`)."""
+        wrap = (lambda m: torch.compile(m, mode=self.args.compile_mode)) if self.args.compile else (lambda m: m)
         self.eval_model = wrap(self.model)
         self.eval_ema = wrap(self.ema.module) if self.ema is not None else None
         self.train_model = self.eval_model
@@ -545,6 +535,8 @@ def grow_if_scheduled(run: Run, epoch: int) -> Optional[Dict]:
                                      seed=args.seed * 7919 + epoch, ramp_epochs=args.tau_ramp_epochs)
         record['epoch'] = epoch
         run.growth_history.append(record)
+        if args.compile:  # the old size's graphs never run again: cleared, they do not count towards dynamo's
+            torch.compiler.reset()  # recompile limit, and each size compiles once per phase (bench_compile_growth.py)
         run.wrap()
         if run.rank == 0:
             n_params = sum(p.numel() for p in run.model.parameters())
