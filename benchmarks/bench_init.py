@@ -6,7 +6,7 @@ Keys are always normal(0, 0.02), as in the official code. Values:
   - official: 2 / (depth · √d), the official language-model code's value init
   - unit: 1/√(E[GeLU(z)²] · n) ≈ 1.53/√n, so that a Pattention's output has unit variance
 
-Each run trains through the job's own Run (fashion_mnist_tensors.train_and_test) with one torch
+Each run trains through the job's own Run (study_data.train_and_test) with one torch
 thread, so a rerun gives the same figures.
 
     python benchmarks/bench_init.py [--steps 200] [--seeds 0 1 2] [--json benchmarks/results/bench_init.json]
@@ -21,7 +21,7 @@ import torch
 import timm
 
 from tokenformer_vit import Pattention
-from fashion_mnist_tensors import MEAN, STD, load_tensors, train_and_test
+from study_data import MEAN, STD, load_dataset, train_and_test
 
 GELU_SQ = 0.4252  # E[GeLU(z)²] for z ~ N(0, 1)
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument('--json', default=None, help='also write the figures to this file')
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_tensors()
+    data = load_dataset('fashion-mnist')
     rows = []
     print(f'tokenformer_vit_tiny depth {args.depth} on Fashion-MNIST, {args.steps} steps of 128, seeds {args.seeds}')
     print(f'{"value std":>10} {"residual std growth":>20} {"test top-1 %":>13}')

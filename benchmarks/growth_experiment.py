@@ -1,17 +1,17 @@
 """Growth against training from scratch on real data: the paper's Figure 1, for vision, at CPU scale.
 
 One Tokenformer-ViT (width, depth and patch fixed) at a ladder of parameter-token counts, on the
-config's data set: Fashion-MNIST (growth_experiment.yaml, 60,000 training / 10,000 test images, 28x28)
-or CIFAR-10 (growth_cifar10.yaml, 50,000 / 10,000, 32x32):
+config's data set: CIFAR-10 (growth_cifar10.yaml, 50,000 training / 10,000 test images, 32x32), or
+Fashion-MNIST (`dataset: fashion-mnist`, 60,000 / 10,000, 28x28; the tests' quick study):
   scratch:           every size trained from scratch for its `scratch_epochs`;
   MODE+SCHEDULE:     the smallest trained `ladder_epochs[0]` epochs, grown to the next size, trained
                      `ladder_epochs[1]`, and so on: the job's `--grow` with `--grow-mode MODE`
                      (preserve: function-preserving; paper: the official code's random keys, τ = √n)
                      and `--grow-schedule SCHEDULE` (continue: one learning-rate schedule over the
-                     ladder, the job's default; restart: warmup and cosine again at every growth).
-Every run is the training job's own Run (config.job_args from `job:` in the config, timm's AdamW,
-the job's schedule, growth.grow_training_state, engine.train_one_epoch and evaluate), fed from
-memory instead of shards. Each run is repeated over the seeds. Test top-1 is measured after every
+                     ladder; restart, the job's default: warmup and cosine again at every growth).
+Every run is the training job's own Run (config.study_config from `job:` in the config, timm's
+AdamW, the job's schedule and growth plan, run.train_epochs and evaluate), fed from memory instead
+of shards. Each run is repeated over the seeds. Test top-1 is measured after every
 epoch (every few epochs where a run is longer than `max_evals` epochs) and right after every growth.
 Runs seed themselves: `--jobs` of them train at once, each in its own process with `--threads` torch
 threads (default one process per core, one thread each; a run's numbers depend on its thread count,
@@ -24,14 +24,14 @@ Training seconds likewise: each size's seconds per image, timed alone before the
 the images seen at that size (the runs' own clocks, kept as `seconds_in_run`, count whatever else
 shared the cores).
 
-    python benchmarks/growth_experiment.py [--config benchmarks/growth_cifar10.yaml] [--quick] [--seeds 0,1,2]
+    python benchmarks/growth_experiment.py [--config CONFIG] [--quick] [--seeds 0,1,2]
         [--strategies scratch,preserve+continue] [--jobs N] [--output benchmarks/results]
-        # writes growth_vs_scratch.json and .png (growth_vs_scratch_cifar10.* for CIFAR-10)
+        # writes growth_vs_scratch_DATASET.json and .png (growth_vs_scratch_cifar10.* by default)
         # every finished run is also kept in OUTPUT/growth_runs/ (--cache): a rerun, or a study
         # stopped half-way and started again, reads those instead of training them again
     python benchmarks/growth_experiment.py --convergence [--seeds 0]
         # every size from scratch for each of `convergence_factors` times its scratch_epochs (half and
-        # twice): writes growth_convergence.json, how far each size's schedule is from convergence
+        # twice): writes growth_convergence_DATASET.json, how far each size's schedule is from convergence
 """
 import argparse
 import contextlib
@@ -49,19 +49,17 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fashion_mnist_tensors import test_top1  # noqa: E402
-from study_data import DATASETS, load_dataset  # noqa: E402
+from study_data import DATASETS, TensorBatches, load_dataset, test_top1  # noqa: E402
 
-from tokenformer_vit.checkpoint import atomic_file  # noqa: E402
-from tokenformer_vit.config import job_args  # noqa: E402
-from tokenformer_vit.data import TensorBatches  # noqa: E402
+from tokenformer_vit.atomic import atomic_file  # noqa: E402
+from tokenformer_vit.config import study_config  # noqa: E402
 from tokenformer_vit.growth import GROW_SCHEDULES, GROWTH_MODES  # noqa: E402
-from tokenformer_vit.train import build_model, build_run, grow_if_scheduled, train_epoch  # noqa: E402
+from tokenformer_vit.run import build_model, build_run, train_epoch, train_epochs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LADDERS = [f'{mode}+{schedule}' for mode in ('preserve', 'paper') for schedule in GROW_SCHEDULES]  # the 2x2
 # a config may name its own `ladders` (any MODE+SCHEDULE of the job's --grow-mode and --grow-schedule)
-# and its `dataset` (study_data.DATASETS; default fashion-mnist)
+# and its `dataset` (study_data.DATASETS; default cifar10)
 QUICK = dict(scratch_epochs=[3, 2, 2], ladder_epochs=[1, 1, 1], train_images=1280, test_images=2000, seeds=[0, 1, 2],
              convergence_factors=[0.5, 1])
 
@@ -73,8 +71,7 @@ def size_kwargs(cfg, size) -> dict:
 def train_flops_per_image(cfg, size) -> float:
     """Forward + backward FLOPs of one training image at this size (FlopCounterMode, 8 images)."""
     from torch.utils.flop_counter import FlopCounterMode
-    args = job_args(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, size)))
-    model, _ = build_model(args, 10)
+    model, _ = build_model(study_config(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, size))), 10)
     x, y = torch.randn(8, *dataset(cfg)['shape']), torch.randint(0, 10, (8,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
@@ -99,14 +96,11 @@ def train_seconds_per_image(cfg, size, batches: int = 10) -> float:
 def with_timed_seconds(runs: list, seconds_per_image: dict) -> list:
     """The runs with every point's and every run's seconds replaced by its training images at each size
     times that size's seconds per image (train_seconds_per_image); the clock's own reading stays as
-    `seconds_in_run`. Logs that do not record their images (older runs) keep the clock's seconds."""
+    `seconds_in_run`."""
     def timed(images: dict) -> float:
         return sum(n * seconds_per_image[size] for size, n in images.items())
     out = []
     for r in runs:
-        if 'images' not in r or any('images' not in p for p in r['points']):
-            out.append(r)
-            continue
         points = [dict(p, seconds=timed(p['images']), seconds_in_run=p['seconds']) for p in r['points']]
         out.append(dict(r, points=points, seconds=timed(r['images']), seconds_in_run=r['seconds']))
     return out
@@ -115,13 +109,13 @@ def with_timed_seconds(runs: list, seconds_per_image: dict) -> list:
 def run_args(cfg, strategy: str, seed: int, epochs: int, size=None):
     """The job's flags for one run: a size from scratch, or the ladder grown as `strategy` says."""
     if strategy == 'scratch':
-        return job_args(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, size), epochs=epochs, seed=seed,
+        return study_config(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, size), epochs=epochs, seed=seed,
                                warmup_epochs=cfg['warmup_fraction'] * epochs))
     mode, schedule = strategy.split('+')
     sizes, stages = cfg['sizes'], cfg['ladder_epochs']
     starts = [sum(stages[:i]) for i in range(1, len(stages))]
     grow = ','.join(f'{e}:{a}:{f}' for e, (a, f) in zip(starts, sizes[1:]))
-    return job_args(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, sizes[0]), epochs=sum(stages), seed=seed,
+    return study_config(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, sizes[0]), epochs=sum(stages), seed=seed,
                            warmup_epochs=cfg['warmup_fraction'] * stages[0], grow=grow, grow_mode=mode,
                            grow_schedule=schedule))
 
@@ -132,7 +126,9 @@ def build_study_run(cfg, args, images, labels):
     model, _ = build_model(args, 10)
     ds = dataset(cfg)
     batches = TensorBatches(images, labels, args.batch_size, seed=args.seed, **ds['augment'])
-    return build_run(args, model, 10, batches.batches_per_rank, mean=ds['mean'], std=ds['std']), batches
+    run = build_run(args, model, 10, batches.batches_per_rank)
+    run.mean, run.std = ds['mean'], ds['std']  # the data set's normalisation
+    return run, batches
 
 
 def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, size=None) -> dict:
@@ -149,15 +145,14 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
     # after every epoch, or every few epochs for long runs (at most max_evals), and at the end;
     # evaluating draws no random numbers, so how often it happens does not change the training
     every = max(1, math.ceil(args.epochs / cfg.get('max_evals', math.inf)))
-    for epoch in range(args.epochs):
-        if grow_if_scheduled(run, epoch):
-            log['points'].append(dict(flops=log['flops'], seconds=log['seconds'], top1=test_top1(run, *test),
-                                      images=dict(log['images']),
-                                      stage=f'grown to {run.model.attn_tokens}/{run.model.ffn_tokens}'))
-        batches.set_epoch(epoch)
-        t0 = time.perf_counter()
-        result = train_epoch(run, batches)
-        log['seconds'] += time.perf_counter() - t0
+
+    def after_growth(record):
+        log['points'].append(dict(flops=log['flops'], seconds=log['seconds'], top1=test_top1(run, *test),
+                                  images=dict(log['images']),
+                                  stage=f'grown to {run.model.attn_tokens}/{run.model.ffn_tokens}'))
+    for result in train_epochs(run, batches, on_growth=after_growth):
+        epoch = result['epoch']
+        log['seconds'] += result['seconds']
         now = f'{run.model.attn_tokens}/{run.model.ffn_tokens}'
         log['flops'] += result['images'] * sizes_flops[(run.model.attn_tokens, run.model.ffn_tokens)]
         log['images'][now] = log['images'].get(now, 0) + result['images']  # images trained at each size
@@ -168,7 +163,7 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
 
 
 def dataset(cfg) -> dict:
-    return DATASETS[cfg.get('dataset', 'fashion-mnist')]
+    return DATASETS[cfg.get('dataset', 'cifar10')]
 
 
 def ladders(cfg) -> list:
@@ -199,7 +194,7 @@ def _execute(task: tuple, cache=None) -> dict:
     run seeds itself, so its numbers do not depend on which process runs it or when. With a cache
     folder the finished run is also written there, so that an interrupted study keeps it."""
     cfg, sizes_flops, strategy, seed, epochs, size = task
-    log = run_one(cfg, _data(cfg.get('dataset', 'fashion-mnist')), sizes_flops, strategy, seed, epochs, size)
+    log = run_one(cfg, _data(cfg.get('dataset', 'cifar10')), sizes_flops, strategy, seed, epochs, size)
     if cache is not None:
         with atomic_file(_cache_path(cache, task), 'w') as f:
             json.dump(dict(log, cpu=_cpu(), threads=torch.get_num_threads()), f, indent=1)
@@ -392,7 +387,7 @@ def plot(cfg, runs, path: Path) -> None:
         ax.set_title('reuse: the smaller model is already trained' if reuse else 'whole ladder', fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5, loc='lower right')
-    name = {'fashion-mnist': 'Fashion-MNIST', 'cifar10': 'CIFAR-10'}[cfg.get('dataset', 'fashion-mnist')]
+    name = {'fashion-mnist': 'Fashion-MNIST', 'cifar10': 'CIFAR-10'}[cfg.get('dataset', 'cifar10')]
     axes[0].set_ylabel(f'{name} test top-1 (%)')
     axes[0].set_ylim(max(min(lows) - 1, sorted(lows)[len(lows) // 10] - 3), max(lows) + 1)
     fig.suptitle(f'Growth vs. scratch, Tokenformer-ViT d={cfg["job"]["model_kwargs"]["embed_dim"]}, depth '
@@ -404,7 +399,7 @@ def plot(cfg, runs, path: Path) -> None:
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config', default=str(HERE / 'growth_experiment.yaml'))
+    p.add_argument('--config', default=str(HERE / 'growth_cifar10.yaml'))
     p.add_argument('--quick', action='store_true', help='a tiny version for the tests (a few minutes)')
     p.add_argument('--output', default=str(HERE / 'results'))
     p.add_argument('--seeds', default=None, help='comma-separated seeds, instead of the config\'s')
@@ -434,7 +429,7 @@ def parse(argv):
     strategies = ['scratch'] + ladders(cfg)
     bad = [s for s in ladders(cfg) if s.count('+') != 1 or s.split('+')[0] not in GROWTH_MODES
            or s.split('+')[1] not in GROW_SCHEDULES]
-    if bad or cfg.get('dataset', 'fashion-mnist') not in DATASETS:
+    if bad or cfg.get('dataset', 'cifar10') not in DATASETS:
         raise SystemExit(f'{args.config}: ladders are MODE+SCHEDULE ({"|".join(GROWTH_MODES)} + '
                          f'{"|".join(GROW_SCHEDULES)}), not {bad}, and dataset one of {", ".join(DATASETS)}.')
     args.strategies = args.strategies.split(',') if args.strategies else strategies
@@ -458,9 +453,8 @@ def main(argv=None) -> int:
 def _main(args, cfg) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    data = cfg.get('dataset', 'fashion-mnist')  # the Fashion-MNIST study keeps its files' names
-    name = (('growth_convergence' if args.convergence else 'growth_vs_scratch') + ('' if data == 'fashion-mnist' else f'_{data}')
-            + ('_quick' if args.quick else ''))
+    data = cfg.get('dataset', 'cifar10').replace('-', '_')
+    name = ('growth_convergence' if args.convergence else 'growth_vs_scratch') + f'_{data}' + ('_quick' if args.quick else '')
     sizes_flops = {tuple(s): train_flops_per_image(cfg, s) for s in cfg['sizes']}
     print('training GFLOPs per image: ' + ', '.join(f'{a}/{b}: {f / 1e9:.4f}' for (a, b), f in sizes_flops.items()),
           flush=True)

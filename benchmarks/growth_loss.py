@@ -9,7 +9,7 @@ with the same batches, four ways:
   paper + grown optimizer      the official code's growth (random new rows, τ = √n_new)
   no growth                    the small model, trained on (reference)
 
-Every variant is the training job's own Run (config.job_args, timm's AdamW, the job's schedule,
+Every variant is the training job's own Run (config.study_config, timm's AdamW, the job's schedule,
 growth.grow_training_state, engine.train_one_epoch), fed from memory. The loss is measured on a
 fixed set of 2,048 training images in eval mode, so batch-to-batch noise does not hide or fake a
 rise. AdamW uses β = (0.9, 0.999), the setting in which a shared step count makes new rows' first
@@ -35,12 +35,11 @@ from pathlib import Path
 
 import torch
 
-from fashion_mnist_tensors import MEAN, STD, load_tensors
-from tokenformer_vit.config import job_args
-from tokenformer_vit.data import TensorBatches
+from study_data import MEAN, STD, TensorBatches, load_dataset
+from tokenformer_vit.config import study_config
 from tokenformer_vit.engine import LRSchedule, build_optimizer, evaluate
 from tokenformer_vit.growth import grow_training_state
-from tokenformer_vit.train import build_model, build_run, train_epoch
+from tokenformer_vit.run import build_model, build_run, train_epoch, train_epochs
 
 SMALL, GROWN = (96, 384), (192, 768)
 VARIANTS = {'no growth': (None, 'grown'), 'preserve + grown optimizer': ('preserve', 'grown'),
@@ -53,16 +52,17 @@ def probe_loss(run, probe) -> float:
 
 def one_seed(args, data, probe, seed: int):
     """Train the small model, then each variant for --after steps: {variant: [(step, probe loss)]}."""
-    job = job_args(model='tokenformer_vit_tiny', img_size=28, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
-                   lr=args.lr, min_lr=args.lr_at_growth, warmup_lr=1e-5, warmup_epochs=0.1 * args.epochs,
-                   weight_decay=0.05, opt_betas=(0.9, 0.999), smoothing=0.0, mixup=0.0, cutmix=0.0, ema_decay=0.0,
-                   model_kwargs=dict(depth=6, patch_size=7, in_chans=1, attn_tokens=SMALL[0], ffn_tokens=SMALL[1]))
-    model, _ = build_model(job, 10)
+    config = study_config(model='tokenformer_vit_tiny', img_size=28, seed=seed, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, min_lr=args.lr_at_growth, warmup_lr=1e-5,
+                          warmup_epochs=0.1 * args.epochs, weight_decay=0.05, opt_betas=(0.9, 0.999), smoothing=0.0,
+                          mixup=0.0, cutmix=0.0, ema_decay=0.0,
+                          model_kwargs=dict(depth=6, patch_size=7, in_chans=1, attn_tokens=SMALL[0], ffn_tokens=SMALL[1]))
+    model, _ = build_model(config, 10)
     batches = TensorBatches(data[0], data[1], args.batch_size, seed=seed)
-    run = build_run(job, model, 10, batches.batches_per_rank, mean=MEAN, std=STD)
-    for epoch in range(args.epochs):  # the schedule ends at the growth step, at lr_at_growth
-        batches.set_epoch(epoch)
-        train_epoch(run, batches)
+    run = build_run(config, model, 10, batches.batches_per_rank)
+    run.mean, run.std = MEAN, STD  # Fashion-MNIST's normalisation
+    for _ in train_epochs(run, batches):  # the schedule ends at the growth step, at lr_at_growth
+        pass
     curves = {}
     for name, (mode, opt_kind) in VARIANTS.items():
         r = copy.deepcopy(run)  # model, optimizer and schedule together, so that they stay linked
@@ -70,14 +70,14 @@ def one_seed(args, data, probe, seed: int):
             grow_training_state(r.model, *GROWN, mode, optimizer=r.optimizer if opt_kind == 'grown' else None,
                                 step=r.step, seed=seed)
         if opt_kind == 'fresh':
-            r.optimizer = build_optimizer(r.model, args.lr_at_growth, job.weight_decay, job.opt_betas)
+            r.optimizer = build_optimizer(r.model, args.lr_at_growth, config.weight_decay, config.opt_betas)
             r.scheduler = LRSchedule(r.optimizer, total_steps=r.step + args.after, warmup_steps=0,
                                      warmup_lr=args.lr_at_growth, min_lr=args.lr_at_growth)  # constant
-        curve = []
+        batches.set_epoch(args.epochs)  # the epoch after growth: every variant trains on the same batches
+        curve, after = [], iter(batches)
         for start in range(0, args.after, args.every):
             curve.append((start, probe_loss(r, probe)))
-            batches.set_epoch(args.epochs, skip_batches=start)
-            train_epoch(r, itertools.islice(batches, args.every))
+            train_epoch(r, itertools.islice(after, args.every))
         curves[name] = curve + [(args.after, probe_loss(r, probe))]
     return probe_loss(run, probe), curves
 
@@ -87,7 +87,7 @@ def _seed_in_worker(task):
     on which process runs it."""
     args, seed = task
     torch.set_num_threads(args.threads)
-    data = load_tensors()
+    data = load_dataset('fashion-mnist')
     probe = TensorBatches(data[0][:2048], data[1][:2048], 512, training=False)
     return one_seed(args, data, probe, seed)
 

@@ -14,8 +14,8 @@ import timm
 from torch._dynamo.testing import CompileCounter
 
 import tokenformer_vit  # noqa: F401
-from tokenformer_vit.config import job_args
-from tokenformer_vit.train import build_model, build_run, evaluate_run, grow_if_scheduled, train_epoch
+from tokenformer_vit.config import job_args, study_config
+from tokenformer_vit.run import build_model, build_run, evaluate_run, train_epochs
 from tokenformer_vit.triton_env import interpreting
 
 # the fused path runs on CPU tensors only through Triton's interpreter (conftest.py sets it without a GPU)
@@ -75,21 +75,26 @@ def test_a_compiled_run_compiles_each_size_once_per_phase_through_four_growths(m
         return compile_(module, backend=counter, **kwargs)
 
     monkeypatch.setattr(torch, 'compile', counted_compile)
-    args = job_args(model='tokenformer_vit_tiny', model_kwargs=dict(depth=1, embed_dim=32, num_heads=2, attn_tokens=8,
-                                                                      ffn_tokens=16, patch_size=8, img_size=16),
-                    epochs=5, batch_size=4, compile=True, ema_decay=0.9, mixup=0, cutmix=0,
-                    grow='1:12:24,2:16:32,3:20:40,4:24:48')
-    model, history = build_model(args, num_classes=4)
-    run = build_run(args, model, 4, updates_per_epoch=1, growth_history=history)
+    config = study_config(model='tokenformer_vit_tiny', model_kwargs=dict(depth=1, embed_dim=32, num_heads=2,
+                                                                          attn_tokens=8, ffn_tokens=16, patch_size=8,
+                                                                          img_size=16),
+                          epochs=5, batch_size=4, compile=True, ema_decay=0.9, mixup=0, cutmix=0,
+                          grow='1:12:24,2:16:32,3:20:40,4:24:48')
+    model, history = build_model(config, num_classes=4)
+    run = build_run(config, model, 4, updates_per_epoch=1, growth_history=history)
     g = torch.Generator().manual_seed(0)
     batch = (torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g), torch.randint(0, 4, (4,), generator=g))
-    per_size = []
-    for epoch in range(args.epochs):
-        grow_if_scheduled(run, epoch)
-        before = counter.frame_count
-        train_epoch(run, [batch])
+    per_size, before = [], [0]
+
+    class OneBatch(list):  # the loader of an epoch of one batch
+        dataset = property(lambda self: self)
+
+        def set_epoch(self, epoch, skip_batches=0):
+            before[0] = counter.frame_count  # after the epoch's growth, before its steps
+
+    for _ in train_epochs(run, OneBatch([batch])):
         evaluate_run(run, [batch, batch])  # the second batch reuses the graph
-        per_size.append(counter.frame_count - before)
+        per_size.append(counter.frame_count - before[0])
     assert run.model.attn_tokens == 24
     assert per_size == [2] * 5, per_size
     assert set(modes) == {'default'}

@@ -314,7 +314,7 @@ def test_grow_cli_gives_the_ema_the_same_new_tokens_as_the_model(tmp_path):
 
 
 def test_ramp_growth_preserves_the_function_then_moves_tau_linearly_to_sqrt_n_and_stops_at_the_next_growth():
-    from tokenformer_vit.growth import grow_training_state, ramp_tau
+    from tokenformer_vit.growth import TauRamp, grow_training_state
     print('seed 0')
     model = trained_small_model()
     model.eval()
@@ -325,30 +325,32 @@ def test_ramp_growth_preserves_the_function_then_moves_tau_linearly_to_sqrt_n_an
     old = dict(attn=192 ** 0.5, ffn=768 ** 0.5)  # tiny's counts, τ kept from them
     assert history[0]['tau_ramp'] == dict(epochs=0.5, attn=[pytest.approx(old['attn']), 16.0],
                                           ffn=[pytest.approx(old['ffn']), 32.0])
+    ramp = TauRamp(model, history, steps_per_epoch=8)
     for step, frac in ((10, 0.0), (11, 0.25), (13, 0.75), (14, 1.0)):
-        ramp_tau(model, history, step, steps_per_epoch=8)
+        ramp.step_update(step)
         assert model.blocks[1].attn.v.tau.item() == pytest.approx(old['attn'] + (16 - old['attn']) * frac, rel=1e-6)
         assert model.blocks[0].ffn.tau.item() == pytest.approx(old['ffn'] + (32 - old['ffn']) * frac, rel=1e-6)
     history.append(grow_training_state(model, 400, 1024, 'preserve', step=20))
     model.blocks[0].attn.q.tau.fill_(3.0)
-    ramp_tau(model, history, 12, steps_per_epoch=8)  # the later growth ended the ramp: nothing is set
+    ramp.step_update(12)  # the later growth ended the ramp: nothing is set
     assert model.blocks[0].attn.q.tau.item() == 3.0
 
 
 def test_an_initial_checkpoint_grown_in_ramp_mode_ramps_from_its_tau_and_other_modes_allow_mixed_taus(tmp_path):
-    from tokenformer_vit.config import job_args
-    from tokenformer_vit.growth import grow_training_state, ramp_tau
-    from tokenformer_vit.train import build_model
+    from tokenformer_vit.config import study_config
+    from tokenformer_vit.growth import TauRamp, grow_training_state
+    from tokenformer_vit.run import build_model
     print('seed 0')
     small = small_model(attn_tokens=16, ffn_tokens=64)
     _timm_checkpoint(tmp_path / 'small.pth.tar', small, ema=False)
-    args = job_args(model='tokenformer_vit_tiny', model_kwargs=dict(img_size=32, patch_size=8, depth=2, attn_tokens=64, ffn_tokens=256),
-                    initial_checkpoint=str(tmp_path / 'small.pth.tar'), grow_mode='ramp', tau_ramp_epochs=2.0)
-    model, history = build_model(args, 10)
+    config = study_config(model='tokenformer_vit_tiny',
+                          model_kwargs=dict(img_size=32, patch_size=8, depth=2, attn_tokens=64, ffn_tokens=256),
+                          initial_checkpoint=str(tmp_path / 'small.pth.tar'), grow_mode='ramp', tau_ramp_epochs=2.0)
+    model, history = build_model(config, 10)
     assert history[0]['tau_ramp'] == dict(epochs=2.0, attn=[4.0, 8.0], ffn=[8.0, 16.0])
     assert history[0]['source'] and history[0]['epoch'] == history[0]['step'] == 0
     assert model.blocks[0].attn.q.tau.item() == 4.0  # kept at the growth
-    ramp_tau(model, history, 5, steps_per_epoch=5)  # halfway through its 10 steps
+    TauRamp(model, history, steps_per_epoch=5).step_update(5)  # halfway through its 10 steps
     assert model.blocks[0].attn.q.tau.item() == 6.0 and model.blocks[1].ffn.tau.item() == 12.0
     other = small_model()
     other.blocks[0].attn.q.tau.fill_(3.0)  # τ that differ within a kind: fine unless τ must ramp

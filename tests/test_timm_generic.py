@@ -4,8 +4,10 @@ every tokenformer model, with our module added to the lists that select ViT-like
 timm's tests are not in its wheel: `.ci/run` unpacks timm's sdist (from PyPI, same version as the
 installed timm) into .cache/, or TIMM_TESTS_DIR names a folder holding timm's tests/.
 
-`test_prune_intermediate_layers_contract` (unmarked in timm and left out of timm's own CI as slow)
-takes 325 s for the two large models on 2 cores: it runs for them only with TIMM_GENERIC_FULL=1.
+Each model runs in its own pytest process under its own time bound, so that a loaded machine slows
+each share without failing the whole. `test_prune_intermediate_layers_contract` (unmarked in timm and
+left out of timm's own CI as slow) takes 325 s for the two large models on 2 cores: it runs for them
+only with TIMM_GENERIC_FULL=1.
 """
 import os
 import re
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import timm
+
+import tokenformer_vit  # noqa: F401  (registers the models, for MODELS)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,20 +45,34 @@ def _patched_test_models(src: Path, dst: Path) -> Path:
     return out
 
 
-def test_timm_generic_model_tests_pass_for_every_tokenformer_model(tmp_path):
+MODELS = timm.list_models('tokenformer*')
+
+
+def _select(model: str) -> str:
+    """timm's tests of `model` alone (-k matches substrings: the names that extend it are left out)."""
+    others = [m for m in MODELS if m != model and m.startswith(model)]
+    select = model + ''.join(f' and not {m}' for m in others)
+    if 'large' in model and os.environ.get('TIMM_GENERIC_FULL') != '1':
+        select += ' and not prune_intermediate_layers_contract'
+    return select
+
+
+@pytest.mark.timeout(1000)
+@pytest.mark.parametrize('model', MODELS)
+def test_timm_generic_model_tests_pass_for_each_tokenformer_model(tmp_path, model):
+    # one process per model, each bounded on its own (a hang guard, not a benchmark): on 2 cores shared
+    # with other work the six models together ran past one bound of 900 s
     test_file = _patched_test_models(_timm_tests_dir() / 'test_models.py', tmp_path)
-    select = 'tokenformer' if os.environ.get('TIMM_GENERIC_FULL') == '1' else \
-        'tokenformer and not (prune_intermediate_layers_contract and large)'
     proc = subprocess.run(
-        [sys.executable, '-m', 'pytest', str(test_file), '-q', '-p', 'no:cacheprovider', '-k', select,
+        [sys.executable, '-m', 'pytest', str(test_file), '-q', '-p', 'no:cacheprovider', '-k', _select(model),
          '-W', 'ignore::pytest.PytestUnknownMarkWarning', '--rootdir', str(tmp_path), '-o', 'timeout=600'],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1500,
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
         env={**os.environ, 'PYTHONPATH': str(REPO)},
     )
     tail = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
     passed = int(re.search(r'(\d+) passed', summary).group(1))
-    # forward, backward, cfgs, torchscript, features_only, intermediates, fx x3 and pruning, per model
-    assert passed >= 6 * 10 - 2, tail
+    # forward, backward, cfgs, torchscript, features_only, intermediates, fx x3 (and pruning)
+    assert passed >= 9, tail
     assert 'failed' not in summary, tail

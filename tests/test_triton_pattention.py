@@ -237,8 +237,6 @@ def test_impl_switch_reaches_every_layer_and_leaves_the_state_dict_alone():
 
 
 def test_auto_keeps_the_torch_path_until_the_fused_one_is_measured(monkeypatch):
-    from tokenformer_vit import pattention
-    assert pattention.AUTO_PICKS_FUSED is False
     monkeypatch.setattr(Pattention, '_forward_fused', lambda self, x: pytest.fail('auto took the fused path'))
     tiny()(torch.randn(1, 3, 32, 32, device=DEVICE))
 

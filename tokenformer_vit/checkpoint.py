@@ -1,7 +1,6 @@
 """Checkpoints on disk: read in any of the formats we meet, written atomically, and handed to timm
 (a `local-dir:` folder, the validate.py command that evaluates one)."""
 import argparse
-import contextlib
 import os
 import pickle
 import shutil
@@ -11,10 +10,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .errors import CheckpointError
-from .growth import GrowthError, token_counts
+from .errors import CheckpointError, GrowthError
+from .tokenformer_vit import token_counts
 
-__all__ = ['CheckpointError', 'atomic_file', 'read_checkpoint', 'save_atomic', 'recorded_model_kwargs',
+__all__ = ['CheckpointError', 'read_checkpoint', 'recorded_model_kwargs',
            'check_hf_dir', 'write_hf_dir', 'place_hf_dir', 'validate_command', 'validate_flags']
 
 
@@ -55,31 +54,6 @@ def _torch_load(path: Path):
             raise
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location='cpu', weights_only=True)
-
-
-@contextlib.contextmanager
-def atomic_file(path: os.PathLike, mode: str = 'wb'):
-    """Open a temporary file beside `path`; on success it is synced and renamed to `path` (mode 0644),
-    on any error removed: a reader never sees half a file, a killed writer leaves only a hidden .tmp."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_atomic(obj: Any, path: os.PathLike) -> None:
-    """torch.save through `atomic_file`."""
-    with atomic_file(path) as f:
-        torch.save(obj, f)
 
 
 def model_kwargs_of(state_dict: Dict[str, torch.Tensor], extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

@@ -6,18 +6,20 @@ is one sentence and exit code 2.
 """
 import argparse
 import math
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import yaml
 
-from .errors import ConfigError
-from .growth import GROWTH_MODES, GROW_SCHEDULES
+from .errors import ConfigError, UserError
+from .growth import GROWTH_MODES, GROW_SCHEDULES, GrowthPlan
 from .pattention import PATTENTION_IMPLS
+from .run import RunConfig
 from .transforms import MAX_IMAGE_PIXELS
 
-__all__ = ['COMPILE_MODES', 'ConfigError', 'build_parser', 'parse_args', 'parse_grow_schedule', 'job_args']
+__all__ = ['COMPILE_MODES', 'ConfigError', 'build_parser', 'parse_args', 'job_args', 'run_config', 'study_config']
 
 
 # torch.compile's modes; those that capture CUDA graphs mark every training step (engine.train_one_epoch)
@@ -136,40 +138,6 @@ def _add_submit_flags(g) -> None:
     g.add_argument('--job-dir', default=None, help='submitit\'s folder (default: OUTPUT/submitit)')
 
 
-def parse_grow_schedule(value) -> List[Dict[str, Any]]:
-    """[{'epoch', 'attn_tokens', 'ffn_tokens', 'mode'}] from "E:A:F[:MODE],..." or a YAML list of
-    such strings or of dicts; ordered by epoch, each growing on the one before."""
-    if not value:
-        return []
-    items = value.split(',') if isinstance(value, str) else list(value)
-    events = []
-    for item in items:
-        try:
-            if isinstance(item, dict):
-                e = dict(epoch=int(item['epoch']), attn_tokens=int(item['attn_tokens']),
-                         ffn_tokens=int(item['ffn_tokens']), mode=item.get('mode'))
-            else:
-                parts = str(item).strip().split(':')
-                if len(parts) not in (3, 4):
-                    raise ValueError
-                e = dict(epoch=int(parts[0]), attn_tokens=int(parts[1]), ffn_tokens=int(parts[2]),
-                         mode=parts[3] if len(parts) == 4 else None)
-        except (KeyError, ValueError, TypeError):
-            raise ConfigError(f'--grow entry {item!r} is not EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE], '
-                              f'e.g. --grow 150:768:3072.') from None
-        if e['epoch'] < 0 or e['attn_tokens'] < 1 or e['ffn_tokens'] < 1:
-            raise ConfigError(f'--grow entry {item!r}: the epoch must be at least 0 and the token counts at least 1, '
-                              f'e.g. --grow 150:768:3072.')
-        if e['mode'] is not None and e['mode'] not in GROWTH_MODES:
-            raise ConfigError(f'--grow entry {item!r}: unknown mode {e["mode"]!r}; use one of {", ".join(GROWTH_MODES)}.')
-        events.append(e)
-    events.sort(key=lambda e: e['epoch'])
-    for a, b in zip(events, events[1:]):
-        if a['epoch'] == b['epoch'] or b['attn_tokens'] < a['attn_tokens'] or b['ffn_tokens'] < a['ffn_tokens']:
-            raise ConfigError(f'--grow events must be at different epochs and never shrink: {a} then {b}.')
-    return events
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Flags over the --config file's values over the defaults; unknown keys and flags are errors."""
     parser = build_parser()
@@ -200,9 +168,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.set_defaults(**cfg)
     args = parser.parse_args(argv)
     try:
-        args.grow = parse_grow_schedule(args.grow)
         _check_values(args)
-    except ConfigError as e:
+    except UserError as e:
         parser.error(str(e))
     if args.output is None:
         parser.error('--output is required: the run folder for checkpoints and logs (a rerun resumes from it).')
@@ -282,7 +249,12 @@ def _check_values(args: argparse.Namespace) -> None:
             torch.device(args.device)
         except RuntimeError:
             raise ConfigError(f'--device {args.device} is not a device: use cpu, cuda or cuda:N.') from None
-    _check_model(args)
+    args.grow = GrowthPlan.parse(args.grow, args.grow_mode, args.grow_schedule, args.tau_ramp_epochs)
+    model = _check_model(args)
+    if args.grow:  # from the flags' token counts: a resumed run checks again from its checkpoint's (run.check_resume)
+        if not hasattr(model, 'attn_tokens'):
+            raise ConfigError(f'--grow needs a Tokenformer-ViT; {args.model} has no parameter tokens.')
+        args.grow.check((model.attn_tokens, model.ffn_tokens), epochs=args.epochs)
     if not all(0 <= b < 1 for b in args.opt_betas):
         raise ConfigError(f'--opt-betas {" ".join(map(str, args.opt_betas))}: each beta must be in [0, 1).')
     if not 0 < args.scale[0] <= args.scale[1] <= 1:
@@ -291,13 +263,9 @@ def _check_values(args: argparse.Namespace) -> None:
         raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
     if args.compile_mode != 'default' and not args.compile:
         raise ConfigError(f'--compile-mode {args.compile_mode} takes effect only with --compile: add --compile.')
-    for event in args.grow:
-        if event['epoch'] >= args.epochs:
-            raise ConfigError(f'--grow at epoch {event["epoch"]} never happens in a run of --epochs {args.epochs} '
-                              f'(epochs count from 0): grow earlier or train longer.')
 
 
-def _check_model(args: argparse.Namespace) -> None:
+def _check_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model the flags describe can be built (on the meta device: no memory, no weights), and
     the input size holds at least one patch: a bad --model-kwargs value is one sentence here, not a
     traceback after the shards are built."""
@@ -315,6 +283,7 @@ def _check_model(args: argparse.Namespace) -> None:
     if patch and size and any(s < p for s, p in zip(size, patch)):
         raise ConfigError(f'--img-size {size[0]} is smaller than the patch size {patch[0]} of --model {args.model}: '
                           f'pass an image size of at least one patch.')
+    return model
 
 
 def job_args(**values) -> argparse.Namespace:
@@ -328,6 +297,26 @@ def job_args(**values) -> argparse.Namespace:
     args = parser.parse_args([])
     for key, value in values.items():
         setattr(args, key, tuple(value) if isinstance(value, list) and key in ('scale', 'opt_betas') else value)
-    args.grow = parse_grow_schedule(args.grow)
     _check_values(args)
     return args
+
+
+def plain(value):
+    """Flags as plain Python values, for config.yaml and checkpoints (timm loads checkpoints with
+    weights_only=True); the growth plan as its --grow string."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run's plain values from the job's checked flags: the one place flags become a run."""
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if f.name not in ('growth', 'flags')}
+    return RunConfig(**values, growth=args.grow, flags=plain(vars(args)))
+
+
+def study_config(**values) -> RunConfig:
+    """A run's config from job flags given as values (`job_args`): how the studies and tests build a run."""
+    return run_config(job_args(**values))

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .errors import DataError
 from .transforms import MAX_IMAGE_PIXELS, build_eval_transform, build_train_transform, decode_rgb, seed_transform
 
-__all__ = ['DataError', 'read_info', 'ShardStream', 'build_loader', 'TensorBatches']
+__all__ = ['DataError', 'read_info', 'ShardStream', 'build_loader']
 
 
 def read_info(root: str) -> Dict:
@@ -371,58 +371,3 @@ def build_loader(root: str, split: str, batch_size: int, training: bool, num_wor
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None,
                       worker_init_fn=_ignore_preemption_signals if num_workers else None)
-
-
-class TensorBatches:
-    """Batches of images held in memory, where a benchmark needs speed more than the shard loader.
-
-    uint8 N×C×H×W images and int64 labels, as the shard loader hands them to the engine. Training
-    order is reshuffled every epoch from (seed, epoch), with a random horizontal flip per image if
-    `flip` and a random shift of up to `pad_crop` pixels each way (zero-padded, CIFAR's usual crop)
-    if `pad_crop`; the last partial batch is dropped. `set_epoch(epoch, skip_batches)` and
-    `batches_per_rank` are the shard loader's, so that the job's loop drives either one.
-    """
-
-    def __init__(self, images, labels, batch_size: int, training: bool = True, flip: bool = False, seed: int = 0,
-                 pad_crop: int = 0):
-        import torch
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise DataError(f'TensorBatches takes uint8 N×C×H×W images, not {images.dtype} of shape '
-                            f'{tuple(images.shape)}: convert them with (x * 255).round().to(torch.uint8).')
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.training, self.flip, self.seed, self.pad_crop = training, flip, seed, pad_crop
-        self.epoch, self.skip = 0, 0
-        n = len(images)
-        self.batches_per_rank = n // batch_size if training else -(-n // batch_size)
-        self.dataset = self
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip_batches
-
-    def __len__(self) -> int:
-        return self.batches_per_rank
-
-    def __iter__(self):
-        import torch
-        n = len(self.images)
-        order, flips, shifts, p = torch.arange(n), None, None, self.pad_crop
-        if self.training:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-            flips = torch.rand(n, generator=gen) < 0.5 if self.flip else None
-            shifts = torch.randint(0, 2 * p + 1, (n, 2), generator=gen) if p else None
-        for b in range(self.skip, self.batches_per_rank):
-            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            idx = order[rows]
-            x = self.images[idx]
-            if flips is not None:
-                x = torch.where(flips[rows, None, None, None], x.flip(-1), x)
-            if shifts is not None:  # one gather for the batch: rows i..i+h, columns j..j+w of each padded image
-                (b_, c, h, w), (i, j) = x.shape, shifts[rows].T
-                padded = torch.nn.functional.pad(x, (p, p, p, p))
-                ys = (i[:, None] + torch.arange(h))[:, None, :, None]
-                xs = (j[:, None] + torch.arange(w))[:, None, None, :]
-                x = padded[torch.arange(b_)[:, None, None, None], torch.arange(c)[None, :, None, None], ys, xs]
-            yield x, self.labels[idx]
-        self.skip = 0
-

@@ -1,4 +1,4 @@
-"""The training loop's parts, shared by the job (train.py) and every benchmark that trains: the
+"""The training loop's parts, under the run (run.py) that the job and every study train with: the
 optimizer, the learning-rate schedule, the loss, one training epoch and one evaluation pass.
 
 `train_one_epoch` runs the optimizer steps of an epoch, from a given step on, and stops early at a
@@ -10,7 +10,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +51,9 @@ def build_loss(mixup_active: bool, smoothing: float) -> torch.nn.Module:
 class LRSchedule:
     """timm's cosine schedule with linear warmup, stepped per optimizer step, over a run that may grow.
 
-    `continue`: one schedule over the whole run, whatever grows (the default of the job).
-    `restart`: at each growth (`grown(step)`, called by growth.grow_training_state) the warmup and
-    the cosine start again, and decay to `min_lr` by the next planned growth or the end of the run,
+    `continue`: one schedule over the whole run, whatever grows.
+    `restart` (the job's default): at each growth (`grown(step)`, called by
+    growth.grow_training_state) the warmup and the cosine start again, and decay to `min_lr` by the next planned growth or the end of the run,
     as the official code's separate training stages do. The segment ends come from the growth plan,
     the restarts from the growths that happened: both are in the checkpoint (`state_dict`).
     """
@@ -94,22 +94,23 @@ class LRSchedule:
         return dict(starts=list(self.starts), policy=self.policy)
 
     def load_state_dict(self, state: Dict) -> None:
-        self.starts = [int(s) for s in state.get('starts', [0])]  # a checkpoint of timm's own scheduler: [0]
+        self.starts = [int(s) for s in state['starts']]
 
 
 def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
 
-def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler,
-                    loss_fn: Callable, *, device: torch.device, mean, std, step: int, seed: int, rank: int = 0,
+def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
+                    schedules: Sequence, loss_fn: Callable, *, device: torch.device, mean, std, step: int, seed: int, rank: int = 0,
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, mixup=None, ema=None,
                     clip_grad: Optional[float] = None, raw_model: Optional[torch.nn.Module] = None,
                     should_stop: Callable[[], bool] = lambda: False,
                     on_step: Callable[[int, float, float, int], None] = lambda *a: None,
                     mark_cuda_graph_steps: bool = False) -> Dict:
     """Train on `batches` from global step `step`; returns the new step, the mean loss, the images
-    seen by this rank and whether it stopped early for a preemption. `model` may be wrapped (DDP,
+    seen by this rank and whether it stopped early for a preemption. Each of `schedules` (the learning
+    rate's, a growth's τ ramp) is stepped after every optimizer step. `model` may be wrapped (DDP,
     torch.compile); `raw_model` is the module the EMA follows. `mark_cuda_graph_steps`: the model
     replays CUDA graphs (torch.compile's reduce-overhead), so each step is marked as a new one."""
     model.train()
@@ -138,7 +139,8 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
         step += 1
-        scheduler.step_update(num_updates=step)
+        for schedule in schedules:
+            schedule.step_update(num_updates=step)
         if ema is not None:
             ema.update(raw_model if raw_model is not None else model, step=step)
         loss_sum += loss.detach().float()

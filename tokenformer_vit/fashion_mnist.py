@@ -48,7 +48,7 @@ def _read_idx(path: Path) -> np.ndarray:
 def download_fashion_mnist(root: Optional[os.PathLike] = None, mirrors: Optional[Sequence[str]] = None) -> Path:
     """Fetch the four official files into `root` (default CACHE_ROOT), trying `mirrors` (default
     MIRRORS) in turn; files already there and intact are kept."""
-    from .checkpoint import atomic_file
+    from .atomic import atomic_file
     root, mirrors = Path(root or CACHE_ROOT), mirrors or MIRRORS
     root.mkdir(parents=True, exist_ok=True)
     for name, md5 in MD5.items():

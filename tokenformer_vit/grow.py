@@ -23,7 +23,8 @@ from pathlib import Path
 import timm
 from timm.utils import ParseKwargs
 
-from .checkpoint import (atomic_file, check_hf_dir, place_hf_dir, read_checkpoint, recorded_model_kwargs, save_atomic,
+from .atomic import atomic_file, save_atomic
+from .checkpoint import (check_hf_dir, place_hf_dir, read_checkpoint, recorded_model_kwargs,
                          validate_command, validate_flags, write_hf_dir)
 from .errors import UserError
 from .growth import GROWTH_MODES, GrowthError, grow_checkpoint, token_counts

@@ -7,10 +7,11 @@ rounding: the new key tokens are zero (their scores are 0, so ‖A‖ is unchang
 keys receive a gradient: dL/dK_new ∝ GeLU'(0) · dY · V_newᵀ). In `paper` mode the new rows are
 initialised like fresh tokens and τ is recomputed from the new count, as the official code does,
 which changes the function. `ramp` mode grows as `preserve` does, and then the training run moves τ
-linearly from its kept value to √(new n) over a number of steps (`ramp_tau`): it starts
+linearly from its kept value to √(new n) over a number of steps (`TauRamp`): it starts
 function-preserving and ends with the τ of a model built at the new size.
 """
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -18,10 +19,10 @@ import torch.nn as nn
 
 from .errors import GrowthError
 from .pattention import Pattention
-from .tokenformer_vit import _ATTN, _FFN, TokenformerViT, token_counts
+from .tokenformer_vit import TokenformerViT, pattention_kinds, token_counts
 
 __all__ = ['GROWTH_MODES', 'GROW_SCHEDULES', 'GrowthError', 'grow_tokens', 'grow_pattention', 'grow_model',
-           'grow_optimizer', 'grow_training_state', 'kind_taus', 'tau_ramp_record', 'ramp_tau', 'token_counts', 'grow_state_dict',
+           'grow_optimizer', 'grow_training_state', 'kind_taus', 'tau_ramp_record', 'TauRamp', 'GrowthEvent', 'GrowthPlan', 'token_counts', 'grow_state_dict',
            'grow_checkpoint']
 
 GROWTH_MODES = ('preserve', 'paper', 'ramp')
@@ -33,6 +34,13 @@ def _check_mode(mode: str) -> None:
         raise GrowthError(f"Unknown growth mode {mode!r}: use 'preserve' (function-preserving), 'paper' or 'ramp'.")
 
 
+def _check_grows(old: Tuple[int, int], new: Tuple[int, int]) -> None:
+    """A model's (attn_tokens, ffn_tokens) may only grow: the check of a model and of a checkpoint."""
+    for what, a, b in zip(('attn_tokens', 'ffn_tokens'), old, new):
+        if b < a:
+            raise GrowthError(f'Cannot shrink {what} from {a} to {b}: growth only appends tokens.')
+
+
 def grow_tokens(key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor, num_tokens: int, mode: str = 'preserve',
                 key_std: float = 0.02, value_std: float = 0.02, generator: Optional[torch.Generator] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,11 +48,15 @@ def grow_tokens(key: torch.Tensor, value: torch.Tensor, tau: torch.Tensor, num_t
 
     preserve (and ramp): new keys zero, new values normal(0, value_std), τ kept.
     paper: new keys normal(0, key_std), new values normal(0, value_std), τ = √num_tokens.
+    The one per-layer rule of growth: `grow_pattention` (a model in memory) and `grow_state_dict`
+    (a checkpoint) both call it.
     """
     _check_mode(mode)
     old_n = key.shape[0]
     if num_tokens < old_n:
         raise GrowthError(f'Cannot shrink a Pattention from {old_n} to {num_tokens} tokens: growth only appends tokens.')
+    if num_tokens == old_n:  # a layer that keeps its count keeps its tensors, τ included
+        return key, value, tau
     extra = num_tokens - old_n
 
     def normal(cols: int, std: float, like: torch.Tensor) -> torch.Tensor:
@@ -99,14 +111,10 @@ def grow_model(model: nn.Module, attn_tokens: Optional[int] = None, ffn_tokens: 
         raise GrowthError(f'grow_model needs a TokenformerViT, got {type(model).__name__}.')
     attn_tokens = model.attn_tokens if attn_tokens is None else int(attn_tokens)
     ffn_tokens = model.ffn_tokens if ffn_tokens is None else int(ffn_tokens)
-    for what, old, new in (('attn_tokens', model.attn_tokens, attn_tokens), ('ffn_tokens', model.ffn_tokens, ffn_tokens)):
-        if new < old:
-            raise GrowthError(f'Cannot shrink {what} from {old} to {new}: growth only appends tokens.')
-    pairs = []
-    for block in model.blocks:
-        for layer in (block.attn.q, block.attn.k, block.attn.v, block.attn.proj):
-            pairs += grow_pattention(layer, attn_tokens, mode, generator)
-        pairs += grow_pattention(block.ffn, ffn_tokens, mode, generator)
+    _check_grows((model.attn_tokens, model.ffn_tokens), (attn_tokens, ffn_tokens))
+    pairs, counts = [], dict(attn=attn_tokens, ffn=ffn_tokens)
+    for kind, layer in _pattentions(model):
+        pairs += grow_pattention(layer, counts[kind], mode, generator)
     model.attn_tokens, model.ffn_tokens = attn_tokens, ffn_tokens
     update_model_args(model, attn_tokens=attn_tokens, ffn_tokens=ffn_tokens)
     return pairs
@@ -160,7 +168,7 @@ def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens
       'restart' policy (engine.LRSchedule) starts its warmup and cosine again there.
 
     Returns the growth's record for the run's history: step, [old, new] token counts, mode, and in
-    'ramp' mode the τ ramp that `ramp_tau` then follows over `ramp_epochs` epochs.
+    'ramp' mode the τ ramp that `TauRamp` then follows over `ramp_epochs` epochs.
     """
     old = (model.attn_tokens, model.ffn_tokens)
     taus = kind_taus(model) if mode == 'ramp' else None
@@ -177,10 +185,18 @@ def grow_training_state(model: nn.Module, attn_tokens: Optional[int], ffn_tokens
     return record
 
 
+def _pattentions(model: nn.Module) -> List[Tuple[str, Pattention]]:
+    """(kind, layer) of every Pattention of a TokenformerViT, in module order (the model file's schema)."""
+    kinds = pattention_kinds(name for name, _ in model.named_parameters())
+    return [(kind, model.get_submodule(prefix[:-1])) for prefix, kind in kinds.items()]
+
+
 def _kind_layers(model: nn.Module) -> Dict[str, List[Pattention]]:
     """The Pattentions of a TokenformerViT by kind: 'attn' (q, k, v, proj) and 'ffn'."""
-    attn = [layer for b in model.blocks for layer in (b.attn.q, b.attn.k, b.attn.v, b.attn.proj)]
-    return dict(attn=attn, ffn=[b.ffn for b in model.blocks])
+    layers = dict(attn=[], ffn=[])
+    for kind, layer in _pattentions(model):
+        layers[kind].append(layer)
+    return layers
 
 
 def kind_taus(model: nn.Module) -> Dict[str, float]:
@@ -200,22 +216,130 @@ def tau_ramp_record(taus_before: Dict[str, float], model: nn.Module, epochs: flo
     return dict(epochs=float(epochs), **{kind: [tau, math.sqrt(new_n[kind])] for kind, tau in taus_before.items()})
 
 
-def ramp_tau(model: nn.Module, history: List[Dict[str, Any]], step: int, steps_per_epoch: int) -> None:
-    """Set τ for optimizer step `step` while the run's latest growth is a 'ramp' one still in progress:
-    τ = from + (to − from)·(step − start)/length, reaching `to` at start + length, where length is the
-    ramp's epochs in steps (at least one). A later growth ends it."""
-    ramp = history[-1].get('tau_ramp') if history else None
-    if not ramp:
-        return
-    start_step, length = history[-1]['step'], max(1, round(ramp['epochs'] * steps_per_epoch))
-    if not start_step <= step <= start_step + length:
-        return
-    frac = (step - start_step) / length
-    with torch.no_grad():
-        for kind, layers in _kind_layers(model).items():
-            start, end = ramp[kind]
-            for layer in layers:
-                layer.tau.fill_(end if frac == 1 else start + (end - start) * frac)
+class TauRamp:
+    """The τ of a 'ramp' growth in progress, a schedule stepped with the learning rate: after optimizer
+    step `step_update(step)`, τ = from + (to − from)·(step − start)/length, reaching `to` at start +
+    length, where length is the ramp's epochs in steps (at least one). It follows the run's latest
+    growth (`history`, the run's own list): a later growth ends it, and one without a ramp sets none."""
+
+    def __init__(self, model: nn.Module, history: List[Dict[str, Any]], steps_per_epoch: int):
+        self.model, self.history, self.steps_per_epoch = model, history, steps_per_epoch
+
+    def step_update(self, num_updates: int, metric=None) -> None:
+        ramp = self.history[-1].get('tau_ramp') if self.history else None
+        if not ramp:
+            return
+        start_step, length = self.history[-1]['step'], max(1, round(ramp['epochs'] * self.steps_per_epoch))
+        if not start_step <= num_updates <= start_step + length:
+            return
+        frac = (num_updates - start_step) / length
+        with torch.no_grad():
+            for kind, layers in _kind_layers(self.model).items():
+                start, end = ramp[kind]
+                for layer in layers:
+                    layer.tau.fill_(end if frac == 1 else start + (end - start) * frac)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the plan: which growths a run makes, and when
+
+
+@dataclass(frozen=True)
+class GrowthEvent:
+    """One planned growth: at the start of `epoch` (0-based), to these token counts, in `mode`
+    (None: the plan's)."""
+    epoch: int
+    attn_tokens: int
+    ffn_tokens: int
+    mode: Optional[str] = None
+
+    def __str__(self) -> str:
+        return f'{self.epoch}:{self.attn_tokens}:{self.ffn_tokens}' + (f':{self.mode}' if self.mode else '')
+
+
+@dataclass(frozen=True)
+class GrowthPlan:
+    """The growths of a training run, parsed once from --grow (a string "E:A:F[:MODE],...", or a YAML
+    list of such strings or of dicts), checked once against the model it grows (`check`), and asked
+    what happens at an epoch (`at`). `mode` is --grow-mode, `schedule` --grow-schedule (what the
+    learning rate does at a growth), `ramp_epochs` --tau-ramp-epochs. `str(plan)` is its --grow value."""
+    events: Tuple[GrowthEvent, ...] = ()
+    mode: str = 'paper'
+    schedule: str = 'restart'
+    ramp_epochs: float = 1.0
+
+    @classmethod
+    def parse(cls, value, mode: str = 'paper', schedule: str = 'restart', ramp_epochs: float = 1.0) -> 'GrowthPlan':
+        """The plan of a --grow value; one sentence (GrowthError) for an entry that is not one."""
+        if isinstance(value, GrowthPlan):
+            value = list(value.events)
+        items = value.split(',') if isinstance(value, str) else list(value or [])
+        events = sorted((_parse_event(item) for item in items if item != ''), key=lambda e: e.epoch)
+        for a, b in zip(events, events[1:]):
+            if a.epoch == b.epoch or b.attn_tokens < a.attn_tokens or b.ffn_tokens < a.ffn_tokens:
+                raise GrowthError(f'--grow events must be at different epochs and never shrink: {a} then {b}.')
+        return cls(tuple(events), mode, schedule, float(ramp_epochs))
+
+    def __bool__(self) -> bool:
+        return bool(self.events)
+
+    def __str__(self) -> str:
+        return ','.join(map(str, self.events))
+
+    def mode_of(self, event: GrowthEvent) -> str:
+        return event.mode or self.mode
+
+    @staticmethod
+    def done(event: GrowthEvent, history: List[Dict[str, Any]]) -> bool:
+        """Whether a run's growth history holds this event (a resumed run does not repeat it)."""
+        return any(g.get('epoch') == event.epoch and 'source' not in g
+                   and list(g.get('attn_tokens', ())[1:]) == [event.attn_tokens]
+                   and list(g.get('ffn_tokens', ())[1:]) == [event.ffn_tokens] for g in history)
+
+    def at(self, epoch: int, history: List[Dict[str, Any]] = ()) -> Optional[GrowthEvent]:
+        """The growth to make at the start of `epoch`, or None (none planned, or already made)."""
+        return next((e for e in self.events if e.epoch == epoch and not self.done(e, history)), None)
+
+    def check(self, start: Tuple[int, int], history: List[Dict[str, Any]] = (), epochs: Optional[int] = None) -> None:
+        """Every growth still to come happens within `epochs` and grows the model from `start`, its
+        token counts now (after the growths in `history`), never shrinking it."""
+        attn, ffn = start
+        for event in self.events:
+            if epochs is not None and event.epoch >= epochs:
+                raise GrowthError(f'--grow at epoch {event.epoch} never happens in a run of --epochs {epochs} '
+                                  f'(epochs count from 0): grow earlier or train longer.')
+            if self.done(event, history):
+                continue
+            if event.attn_tokens < attn or event.ffn_tokens < ffn:
+                raise GrowthError(f'--grow at epoch {event.epoch} to {event.attn_tokens}/{event.ffn_tokens} tokens '
+                                  f'would shrink the model from {attn}/{ffn}: growth only appends tokens.')
+            attn, ffn = event.attn_tokens, event.ffn_tokens
+
+    def restart_steps(self, steps_per_epoch: int) -> List[int]:
+        """The optimizer steps of the planned growths: where a 'restart' schedule's segments end."""
+        return [e.epoch * steps_per_epoch for e in self.events]
+
+
+def _parse_event(item) -> GrowthEvent:
+    try:
+        if isinstance(item, GrowthEvent):
+            event = item
+        elif isinstance(item, dict):
+            event = GrowthEvent(int(item['epoch']), int(item['attn_tokens']), int(item['ffn_tokens']), item.get('mode'))
+        else:
+            parts = str(item).strip().split(':')
+            if len(parts) not in (3, 4):
+                raise ValueError
+            event = GrowthEvent(int(parts[0]), int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else None)
+    except (KeyError, ValueError, TypeError):
+        raise GrowthError(f'--grow entry {item!r} is not EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE], '
+                          f'e.g. --grow 150:768:3072.') from None
+    if event.epoch < 0 or event.attn_tokens < 1 or event.ffn_tokens < 1:
+        raise GrowthError(f'--grow entry {item!r}: the epoch must be at least 0 and the token counts at least 1, '
+                          f'e.g. --grow 150:768:3072.')
+    if event.mode is not None and event.mode not in GROWTH_MODES:
+        raise GrowthError(f'--grow entry {item!r}: unknown mode {event.mode!r}; use one of {", ".join(GROWTH_MODES)}.')
+    return event
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -224,16 +348,11 @@ def ramp_tau(model: nn.Module, history: List[Dict[str, Any]], step: int, steps_p
 def grow_state_dict(state_dict: Dict[str, torch.Tensor], attn_tokens: int, ffn_tokens: int, mode: str,
                     generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
     """A copy of a Tokenformer-ViT state dict with every Pattention grown (as `grow_model` does)."""
-    out = dict(state_dict)
-    for k in state_dict:
-        if _ATTN.match(k) or _FFN.match(k):
-            prefix = k[:-len('key_tokens')]
-            n = attn_tokens if _ATTN.match(k) else ffn_tokens
-            if state_dict[k].shape[0] == n:  # as grow_pattention: a layer that keeps its count keeps its τ
-                continue
-            key, value, tau = grow_tokens(state_dict[k], state_dict[prefix + 'value_tokens'],
-                                          state_dict[prefix + 'tau'], n, mode, generator=generator)
-            out[k], out[prefix + 'value_tokens'], out[prefix + 'tau'] = key, value, tau
+    out, counts = dict(state_dict), dict(attn=attn_tokens, ffn=ffn_tokens)
+    for prefix, kind in pattention_kinds(state_dict).items():
+        names = [prefix + name for name in ('key_tokens', 'value_tokens', 'tau')]
+        grown = grow_tokens(*(state_dict[n] for n in names), counts[kind], mode, generator=generator)
+        out.update(zip(names, grown))
     return out
 
 
@@ -252,9 +371,7 @@ def grow_checkpoint(ckpt: Dict[str, Any], attn_tokens: Optional[int], ffn_tokens
     old_attn, old_ffn = token_counts(ckpt['state_dict'], source)
     attn = old_attn if attn_tokens is None else int(attn_tokens)
     ffn = old_ffn if ffn_tokens is None else int(ffn_tokens)
-    for what, old, new in (('attn_tokens', old_attn, attn), ('ffn_tokens', old_ffn, ffn)):
-        if new < old:
-            raise GrowthError(f'Cannot shrink {what} from {old} to {new}: growth only appends tokens.')
+    _check_grows((old_attn, old_ffn), (attn, ffn))
     grown = {}
     for key in ('state_dict', 'state_dict_ema'):
         if isinstance(ckpt.get(key), dict):

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .checkpoint import atomic_file
+from .atomic import atomic_file
 from .errors import ShardError, UserError
 from .transforms import MAX_IMAGE_PIXELS, ImageTooLarge
 

@@ -38,11 +38,9 @@ PATTENTION_NORMS = ('l2_gelu', 'gelu_l2', 'softmax')
 NORM_EPS = 1e-6
 # 'torch': the formula in PyTorch ops (the reference and the CPU path); 'fused': the Triton kernels of
 # triton_pattention.py (l2_gelu only, CUDA tensors, or CPU tensors under TRITON_INTERPRET=1);
-# 'auto': the fused path on CUDA once AUTO_PICKS_FUSED is set, else 'torch'.
+# 'auto': the torch path everywhere, since on an H200 the fused kernels trained slower than the torch
+# path at every size (docs/gpu.md); it would choose the fused path only on GPU measurements that say so.
 PATTENTION_IMPLS = ('auto', 'fused', 'torch')
-# On an H200 the fused kernels trained slower than the torch path at every size (docs/gpu.md), so
-# 'auto' keeps the torch path everywhere: flip this only with GPU measurements in benchmarks/results/.
-AUTO_PICKS_FUSED = False
 
 
 def _accumulation_dtype(a: torch.Tensor) -> Optional[torch.dtype]:
@@ -269,8 +267,7 @@ class Pattention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self._forward_reference(x)
-        if self.impl == 'fused' or (self.impl == 'auto' and AUTO_PICKS_FUSED and self.norm == 'l2_gelu'
-                                    and x.device.type == 'cuda'):
+        if self.impl == 'fused':
             return self._forward_fused(x)
         return self._forward_fast(x)
 

@@ -13,7 +13,7 @@ Because parameters are tokens, a model grows in width by appending parameter tok
 (`attn_tokens=`, `ffn_tokens=` name any grown size at creation time).
 """
 import re
-from typing import Any, Dict, List, Literal, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Literal, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,7 @@ from timm.layers import (
     PatchEmbed,
     calculate_drop_path_rates,
     get_device_dtype,
+    global_pool_nlc,
     register_notrace_module,
     resample_abs_pos_embed,
     trunc_normal_,
@@ -37,29 +38,10 @@ from timm.models._input import update_model_args, update_model_input_size
 from .errors import GrowthError
 from .pattention import Pattention, stacked_pattention
 
-__all__ = ['TokenformerViT', 'TokenformerAttention', 'TokenformerBlock', 'token_counts']
+__all__ = ['TokenformerViT', 'TokenformerAttention', 'TokenformerBlock', 'pattention_kinds', 'token_counts']
 
 # leaves for torch.fx: their fast paths are an autograd.Function that symbolic tracing cannot enter
 register_notrace_module(Pattention)
-
-# the key tokens of a block's attention projections and of its FFN, in a state dict (DDP's and
-# torch.compile's prefixes allowed)
-_ATTN = re.compile(r'^(?:module\.)?(?:_orig_mod\.)?blocks\.\d+\.attn\.(q|k|v|proj)\.key_tokens$')
-_FFN = re.compile(r'^(?:module\.)?(?:_orig_mod\.)?blocks\.\d+\.ffn\.key_tokens$')
-
-
-def token_counts(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint') -> Tuple[int, int]:
-    """(attn_tokens, ffn_tokens) of a Tokenformer-ViT state dict."""
-    attn = {v.shape[0] for k, v in state_dict.items() if _ATTN.match(k)}
-    ffn = {v.shape[0] for k, v in state_dict.items() if _FFN.match(k)}
-    if not attn or not ffn:
-        raise GrowthError(f'{source} is not a Tokenformer-ViT checkpoint: it has no blocks.N.attn.q.key_tokens '
-                          f'or blocks.N.ffn.key_tokens.')
-    if len(attn) > 1 or len(ffn) > 1:
-        raise GrowthError(f'{source} has Pattentions of mixed token counts ({sorted(attn)}, {sorted(ffn)}): '
-                          f'grow it with tokenformer_vit.grow_model instead.')
-    return attn.pop(), ffn.pop()
-
 
 
 @register_notrace_module  # a leaf for torch.fx (above): Q, K and V run as one stacked Pattention
@@ -147,25 +129,6 @@ class TokenformerBlock(nn.Module):
         x = x + self.drop_path1(self.attn(self.norm1(x), attn_mask=attn_mask))
         x = x + self.drop_path2(self.ffn_drop(self.ffn(self.norm2(x))))
         return x
-
-
-def global_pool_nlc(
-        x: torch.Tensor,
-        pool_type: str = 'token',
-        num_prefix_tokens: int = 1,
-) -> torch.Tensor:
-    if not pool_type:
-        return x
-    if pool_type == 'token':
-        return x[:, 0]
-    x = x[:, num_prefix_tokens:]
-    if pool_type == 'avg':
-        return x.mean(dim=1)
-    if pool_type == 'avgmax':
-        return 0.5 * (x.amax(dim=1) + x.mean(dim=1))
-    if pool_type == 'max':
-        return x.amax(dim=1)
-    raise ValueError(f'Unknown pool type {pool_type}')
 
 
 class TokenformerViT(nn.Module):
@@ -493,6 +456,39 @@ def init_weights_tokenformer(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, Pattention):
         module.reset_parameters()
+
+
+# The Pattention layers of a Tokenformer-ViT, by parameter name: each block's attention projections
+# follow `attn_tokens`, its FFN `ffn_tokens` (DDP's and torch.compile's prefixes allowed). Growth, of
+# a model in memory and of a state dict on disk, and the checkpoint tools read the layers from here.
+_KEY_TOKENS = re.compile(r'^(?:module\.)?(?:_orig_mod\.)?blocks\.\d+\.(attn\.(?:q|k|v|proj)|ffn)\.key_tokens$')
+
+
+def pattention_kinds(names: Iterable[str]) -> Dict[str, str]:
+    """{prefix: 'attn' or 'ffn'} of every Pattention whose key tokens are among `names` (state-dict
+    keys or `named_parameters` names), in their order; `prefix + 'key_tokens'`, `'value_tokens'` and
+    `'tau'` name its tensors."""
+    kinds = {}
+    for name in names:
+        match = _KEY_TOKENS.match(name)
+        if match:
+            kinds[name[:-len('key_tokens')]] = 'ffn' if match.group(1) == 'ffn' else 'attn'
+    return kinds
+
+
+def token_counts(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint') -> Tuple[int, int]:
+    """(attn_tokens, ffn_tokens) of a Tokenformer-ViT state dict."""
+    counts = dict(attn=set(), ffn=set())
+    for prefix, kind in pattention_kinds(state_dict).items():
+        counts[kind].add(state_dict[prefix + 'key_tokens'].shape[0])
+    attn, ffn = counts['attn'], counts['ffn']
+    if not attn or not ffn:
+        raise GrowthError(f'{source} is not a Tokenformer-ViT checkpoint: it has no blocks.N.attn.q.key_tokens '
+                          f'or blocks.N.ffn.key_tokens.')
+    if len(attn) > 1 or len(ffn) > 1:
+        raise GrowthError(f'{source} has Pattentions of mixed token counts ({sorted(attn)}, {sorted(ffn)}): '
+                          f'grow it with tokenformer_vit.grow_model instead.')
+    return attn.pop(), ffn.pop()
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: TokenformerViT) -> Dict[str, torch.Tensor]:

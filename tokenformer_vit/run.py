@@ -1,0 +1,360 @@
+"""One training run in memory: the model, its EMA, optimizer and schedules, grown on a plan, trained
+epoch by epoch and evaluated. The job (train.py) and every study (benchmarks/) build it from plain
+values (`RunConfig`; config.run_config turns the job's flags into one) and train it with the one
+epoch loop here, `train_epochs`: an experiment measures what the job does.
+
+    config = study_config(model='tokenformer_vit_tiny', epochs=5, grow='2:384:1536')  # config.py
+    model, history = build_model(config, num_classes=10)
+    run = build_run(config, model, 10, loader.dataset.batches_per_rank, growth_history=history)
+    for epoch in train_epochs(run, loader):
+        print(epoch['epoch'], epoch['loss'], evaluate_run(run, val_loader))
+"""
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+
+from .checkpoint import read_checkpoint
+from .engine import LRSchedule, build_loss, build_optimizer, evaluate, train_one_epoch
+from .errors import CheckpointError, ConfigError, GrowthError
+from .growth import GrowthPlan, TauRamp, grow_training_state
+from .pattention import Pattention, set_pattention_impl
+from .tokenformer_vit import token_counts
+
+__all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'build_run', 'check_resume', 'start_tokens',
+           'grow_at_epoch', 'train_epoch', 'train_epochs', 'evaluate_run']
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a training run needs, as plain values (the job's flags of the same names; config.py)."""
+    model: str
+    model_kwargs: Dict[str, Any]
+    epochs: int
+    batch_size: int  # per process
+    seed: int = 0
+    img_size: Optional[int] = None
+    drop_path: float = 0.0
+    pattention_impl: str = 'auto'
+    initial_checkpoint: Optional[str] = None
+    growth: GrowthPlan = GrowthPlan()
+    lr: Optional[float] = None  # None: blr x global batch / 256
+    blr: float = 5e-4
+    weight_decay: float = 0.05
+    opt_betas: Tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    clip_grad: Optional[float] = None
+    smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema_decay: float = 0.0
+    compile: bool = False
+    compile_mode: str = 'default'
+    flags: Dict[str, Any] = field(default_factory=dict)  # the command line as run: kept in checkpoints
+
+    def peak_lr(self, world: int) -> float:
+        return self.lr if self.lr is not None else self.blr * self.batch_size * world / 256
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model
+
+
+def create_model(config: RunConfig, num_classes: int, attn_tokens: Optional[int] = None,
+                 ffn_tokens: Optional[int] = None) -> torch.nn.Module:
+    """timm.create_model from the config, at these token counts if given."""
+    import timm
+    kwargs = dict(config.model_kwargs)
+    if attn_tokens is not None:
+        kwargs.update(attn_tokens=attn_tokens, ffn_tokens=ffn_tokens)
+    if config.img_size:
+        kwargs['img_size'] = config.img_size
+    try:
+        model = timm.create_model(config.model, num_classes=num_classes, drop_path_rate=config.drop_path, **kwargs)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f'cannot create --model {config.model} with {kwargs}: {e}') from None
+    if config.pattention_impl != 'auto':
+        # speed only: not a model argument, so checkpoints and the validate command stay portable
+        if not any(isinstance(m, Pattention) for m in model.modules()):
+            raise ConfigError(f'--pattention-impl {config.pattention_impl} is for Tokenformer models; '
+                              f'--model {config.model} has no Pattention layers: leave it at auto.')
+        set_pattention_impl(model, config.pattention_impl)
+    return model
+
+
+def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: str, config: RunConfig) -> None:
+    """load_state_dict, with a mismatch (another width, head count or depth) said in one sentence."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if 'size mismatch' in line or 'Missing' in line
+                       or 'Unexpected' in line), str(e).splitlines()[0])
+        raise CheckpointError(f'{source} does not fit --model {config.model} with --model-kwargs '
+                              f'{dict(config.model_kwargs)} ({detail.rstrip(".")}): pass the model and kwargs it '
+                              f'was trained with.') from None
+
+
+def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = None, source: str = 'checkpoint',
+                grow_initial: bool = True) -> Tuple[torch.nn.Module, List[Dict]]:
+    """(model, growth history): resumed from `resume`, grown from the config's initial checkpoint
+    (unless `grow_initial` is False: evaluating it as it is), or new, initialised from the seed (the
+    same on every rank)."""
+    torch.manual_seed(config.seed)
+    if resume is not None:
+        try:
+            sizes = token_counts(resume['state_dict'], source)
+        except GrowthError:  # another timm model: it has no token counts
+            sizes = (None, None)
+        model = create_model(config, num_classes, *sizes)
+        load_weights(model, resume['state_dict'], source, config)
+        return model, list(resume.get('growth_history') or [])
+    model, history = create_model(config, num_classes), []
+    if config.initial_checkpoint:
+        init = read_checkpoint(config.initial_checkpoint)
+        state = init.get('state_dict', init)
+        attn, ffn = token_counts(state, config.initial_checkpoint)
+        target = (model.attn_tokens, model.ffn_tokens)
+        model = create_model(config, num_classes, attn, ffn)
+        load_weights(model, state, str(config.initial_checkpoint), config)
+        if (attn, ffn) != target and grow_initial:
+            plan = config.growth
+            record = grow_training_state(model, *target, plan.mode, seed=config.seed, ramp_epochs=plan.ramp_epochs)
+            history.append(dict(record, epoch=0, source=str(config.initial_checkpoint)))
+    if (config.growth or config.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
+        raise ConfigError(f'--grow and --initial-checkpoint need a Tokenformer-ViT; {config.model} has no '
+                          f'parameter tokens.')
+    return model, history
+
+
+def start_tokens(model: Optional[str], model_kwargs) -> Optional[Tuple[int, int]]:
+    """(attn_tokens, ffn_tokens) a run of this --model and --model-kwargs starts with, or None when
+    that cannot be told (no record, not a Tokenformer-ViT)."""
+    import timm
+    if not model or not isinstance(model_kwargs, (dict, type(None))) or not timm.is_model(model):
+        return None
+    try:
+        meta = timm.create_model(model, device='meta', **(model_kwargs or {}))
+    except Exception:  # noqa: BLE001 - a record this version cannot build tells nothing
+        return None
+    return (meta.attn_tokens, meta.ffn_tokens) if hasattr(meta, 'attn_tokens') else None
+
+
+def check_resume(config: RunConfig, resume: Dict, world: int, path: Path) -> None:
+    """A run resumes with the global batch it was trained with (the step count, the data position and
+    the schedule all depend on it) and with the model it was started with (another width fails to
+    load; other token counts would silently train on at the checkpoint's size), and its growths still
+    to come grow the model as the checkpoint holds it."""
+    if 'step' not in resume or 'global_batch' not in resume:
+        raise ConfigError(f'{path} was not saved by this training job (it records no step and global batch): move '
+                          f'it out of --output, or start from it with --initial-checkpoint.')
+    saved, before = resume.get('args') or {}, resume['global_batch']
+    if before != config.batch_size * world:
+        raise ConfigError(f'{path} was trained with a global batch of {before}, not '
+                          f'{config.batch_size * world} (--batch-size {config.batch_size} x {world} process(es)): '
+                          f'resume with the same batch, or start a new --output.')
+    try:
+        now = token_counts(resume['state_dict'])
+    except GrowthError:  # another timm model: config.py has checked that the flags build one
+        return
+    started = start_tokens(saved.get('model'), saved.get('model_kwargs'))
+    asked = start_tokens(config.model, dict(config.model_kwargs))
+    if started and asked and started != asked:
+        raise ConfigError(f'{path} was started with attn_tokens={started[0]}, ffn_tokens={started[1]} (it holds '
+                          f'{now[0]}/{now[1]} tokens now), but --model {config.model} with --model-kwargs '
+                          f'{dict(config.model_kwargs)} starts at {asked[0]}/{asked[1]}: resume with the flags it '
+                          f'was started with, or start a new --output.')
+    config.growth.check(now, list(resume.get('growth_history') or []))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a run: the state that trains, grows and is saved
+
+
+@dataclass
+class Run:
+    """Everything a training run carries from step to step; `checkpoint_state` is what a save keeps."""
+    config: RunConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRSchedule
+    loss_fn: Callable
+    device: torch.device
+    updates_per_epoch: int
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    ema: Optional[torch.nn.Module] = None
+    mixup: Optional[Callable] = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    amp_dtype: Optional[torch.dtype] = None
+    rank: int = 0
+    world: int = 1
+    step: int = 0
+    best: Optional[float] = None
+    growth_history: List[Dict] = field(default_factory=list)
+    log: Dict[str, list] = field(default_factory=lambda: dict(epochs=[], steps=[]))
+    train_model: Optional[torch.nn.Module] = None  # the model as trained: compiled, wrapped in DDP
+    eval_model: Optional[torch.nn.Module] = None  # the model as evaluated: compiled
+    eval_ema: Optional[torch.nn.Module] = None  # the EMA as evaluated: compiled
+
+    def __post_init__(self):
+        # τ of a 'ramp' growth in progress: a schedule stepped with the learning rate
+        self.tau_ramp = TauRamp(self.model, self.growth_history, self.updates_per_epoch)
+        if self.train_model is None:
+            self.wrap()
+
+    def wrap(self) -> None:
+        """The modules that train and evaluate: compiled with --compile, the trained one in DDP on
+        several ranks; made anew after a growth (`grow_at_epoch`)."""
+        config = self.config
+        wrap = (lambda m: torch.compile(m, mode=config.compile_mode)) if config.compile else (lambda m: m)
+        self.eval_model = wrap(self.model)
+        self.eval_ema = wrap(self.ema.module) if self.ema is not None else None
+        self.train_model = self.eval_model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == 'cuda' else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.eval_model, device_ids=ids)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled model replays CUDA graphs, whose outputs the next step overwrites."""
+        return self.config.compile and self.config.compile_mode in ('reduce-overhead', 'max-autotune') \
+            and self.device.type == 'cuda'
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.world
+
+    def checkpoint_state(self, epoch_in_progress: int, epoch_done: int) -> Dict:
+        """The whole state after optimizer step `self.step`, in timm's checkpoint format."""
+        ema, model = self.ema, self.model
+        return dict(arch=self.config.model, state_dict=model.state_dict(),
+                    state_dict_ema=ema.module.state_dict() if ema else None,
+                    optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
+                    scheduler=self.scheduler.state_dict(), epoch=epoch_done, epoch_in_progress=epoch_in_progress,
+                    step=self.step, global_batch=self.global_batch, metric=self.best, version=2,
+                    args=self.config.flags, growth_history=self.growth_history, log=self.log,
+                    model_kwargs=dict(attn_tokens=getattr(model, 'attn_tokens', None),
+                                      ffn_tokens=getattr(model, 'ffn_tokens', None)))
+
+    def load(self, resume: Dict) -> None:
+        """Continue from a checkpoint's optimizer, scaler, schedule, step, best metric and log (its
+        growth history comes with the model, from build_model)."""
+        if resume.get('optimizer'):
+            self.optimizer.load_state_dict(resume['optimizer'])
+        if self.scaler is not None and resume.get('scaler'):
+            self.scaler.load_state_dict(resume['scaler'])
+        if resume.get('scheduler'):
+            self.scheduler.load_state_dict(resume['scheduler'])
+        self.step, self.best = int(resume['step']), resume.get('metric')
+        self.log = resume.get('log') or self.log
+
+
+def build_run(config: RunConfig, model: torch.nn.Module, num_classes: int, updates_per_epoch: int, *,
+              device: torch.device = torch.device('cpu'), amp: str = 'none', growth_history: Iterable[Dict] = (),
+              rank: int = 0, world: int = 1, resume: Optional[Dict] = None, source: str = 'checkpoint') -> Run:
+    """A Run of `model`: EMA, optimizer, schedule (ending at the config's epochs, restarted at growths
+    under the 'restart' policy), loss and mixup; continued from `resume` if given. The input is
+    normalised with the model's mean and std (its pretrained_cfg)."""
+    from .transforms import build_mixup
+    model.to(device=device, memory_format=torch.channels_last)
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    ema = None
+    if config.ema_decay:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=config.ema_decay)
+        if resume is not None and resume.get('state_dict_ema'):
+            load_weights(ema.module, resume['state_dict_ema'], f'{source} (EMA)', config)
+    optimizer = build_optimizer(model, config.peak_lr(world), config.weight_decay, config.opt_betas, device)
+    scheduler = LRSchedule(optimizer, total_steps=config.epochs * updates_per_epoch,
+                           warmup_steps=config.warmup_epochs * updates_per_epoch, warmup_lr=config.warmup_lr,
+                           min_lr=config.min_lr, policy=config.growth.schedule,
+                           planned=config.growth.restart_steps(updates_per_epoch))
+    mixup = build_mixup(num_classes, config.mixup, config.cutmix, config.smoothing)
+    run = Run(config=config, model=model, optimizer=optimizer, scheduler=scheduler, device=device,
+              loss_fn=build_loss(mixup is not None, config.smoothing), updates_per_epoch=updates_per_epoch,
+              mean=cfg.get('mean', Run.mean), std=cfg.get('std', Run.std), ema=ema, mixup=mixup,
+              scaler=torch.amp.GradScaler('cuda') if amp == 'fp16' else None,
+              amp_dtype={'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp],
+              rank=rank, world=world, growth_history=list(growth_history))
+    if resume is not None:
+        run.load(resume)
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training: growth at an epoch, one epoch, the epoch loop, evaluation
+
+
+def grow_at_epoch(run: Run, epoch: int) -> Optional[Dict]:
+    """The plan's growth of `epoch`, at the epoch's start, once (`GrowthPlan.at` skips one the run's
+    history holds). Grows the model, EMA, optimizer and schedule together; returns the record."""
+    plan = run.config.growth
+    event = plan.at(epoch, run.growth_history)
+    if event is None or run.step != epoch * run.updates_per_epoch:
+        return None
+    mode = plan.mode_of(event)
+    record = grow_training_state(run.model, event.attn_tokens, event.ffn_tokens, mode, optimizer=run.optimizer,
+                                 ema=run.ema, scheduler=run.scheduler, step=run.step,
+                                 seed=run.config.seed * 7919 + epoch, ramp_epochs=plan.ramp_epochs)
+    record['epoch'] = epoch
+    run.growth_history.append(record)
+    if run.config.compile:  # the old size's graphs never run again: cleared, they do not count towards dynamo's
+        torch.compiler.reset()  # recompile limit, and each size compiles once per phase (bench_compile_growth.py)
+    run.wrap()
+    if run.rank == 0:
+        n_params = sum(p.numel() for p in run.model.parameters())
+        print(f'epoch {epoch}: grew attn_tokens {record["attn_tokens"][0]} -> {run.model.attn_tokens}, '
+              f'ffn_tokens {record["ffn_tokens"][0]} -> {run.model.ffn_tokens} ({mode} mode), '
+              f'{n_params / 1e6:.2f}M parameters', flush=True)
+    return record
+
+
+def train_epoch(run: Run, batches: Iterable, should_stop: Callable[[], bool] = lambda: False,
+                on_step: Callable = lambda *a: None) -> Dict:
+    """engine.train_one_epoch with the run's parts, from the run's step; advances `run.step`. The
+    learning rate and a 'ramp' growth's τ are stepped after every optimizer step."""
+    result = train_one_epoch(run.train_model, batches, run.optimizer, (run.scheduler, run.tau_ramp), run.loss_fn,
+                             device=run.device, mean=run.mean, std=run.std, step=run.step, seed=run.config.seed,
+                             rank=run.rank, amp_dtype=run.amp_dtype, scaler=run.scaler, mixup=run.mixup, ema=run.ema,
+                             clip_grad=run.config.clip_grad, raw_model=run.model, should_stop=should_stop,
+                             on_step=on_step, mark_cuda_graph_steps=run.cuda_graphs)
+    run.step = result['step']
+    return result
+
+
+def train_epochs(run: Run, loader: Iterable, *, should_stop: Callable[[], bool] = lambda: False,
+                 on_step: Callable = lambda *a: None, on_growth: Callable[[Dict], None] = lambda record: None,
+                 view: Callable[[Iterable, int, int], Iterable] = lambda loader, epoch, skip: loader
+                 ) -> Iterator[Dict]:
+    """The epoch loop of the job and of every study: from the epoch of the run's step to the config's
+    last, each epoch's planned growth at its start (then `on_growth(record)`), then its steps from
+    where the run stands (a resumed run skips the batches it has trained: `loader.dataset.set_epoch`),
+    through `view(loader, epoch, skipped)` (a progress bar). Yields each epoch's `train_one_epoch`
+    result with its `epoch` and `seconds`; ends after an epoch that `should_stop` cut short."""
+    upe = run.updates_per_epoch
+    for epoch in range(run.step // upe, run.config.epochs):
+        record = grow_at_epoch(run, epoch)
+        if record is not None:
+            on_growth(record)
+        skip = run.step - epoch * upe
+        loader.dataset.set_epoch(epoch, skip_batches=skip)
+        t0 = time.perf_counter()
+        result = train_epoch(run, view(loader, epoch, skip), should_stop, on_step)
+        yield dict(result, epoch=epoch, seconds=time.perf_counter() - t0)
+        if result['stopped']:
+            return
+
+
+def evaluate_run(run: Run, loader: Iterable) -> Dict[str, float]:
+    """The model's (and the EMA's) loss, top-1 and top-5 on `loader`, as summary.csv columns."""
+    kw = dict(device=run.device, mean=run.mean, std=run.std, amp_dtype=run.amp_dtype, distributed=run.world > 1)
+    ev = evaluate(run.eval_model, loader, **kw)
+    row = dict(eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'])
+    if run.ema is not None:
+        ev = evaluate(run.eval_ema, loader, **kw)
+        row.update(eval_ema_loss=ev['loss'], eval_ema_top1=ev['top1'], eval_ema_top5=ev['top5'])
+    return row
