@@ -83,10 +83,11 @@ def train_seconds_per_image(cfg, size, batches: int = 10) -> float:
     starts, with the caller's torch threads): `batches` steps of the job's Run on random images after
     as many untimed ones. A run's own clock counts whatever shared the cores with it; the seconds view
     multiplies these by the images that a run trained at each size instead."""
-    args = run_args(cfg, 'scratch', 0, 1, size)
+    config = run_args(cfg, 'scratch', 0, 1, size)
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batches * args.batch_size, *dataset(cfg)['shape']), dtype=torch.uint8, generator=gen)
-    run, tensor_batches = build_study_run(cfg, args, images, torch.randint(0, 10, (len(images),), generator=gen))
+    shape = (batches * config.batch_size, *dataset(cfg)['shape'])
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    run, tensor_batches = build_study_run(cfg, config, images, torch.randint(0, 10, (len(images),), generator=gen))
     train_epoch(run, tensor_batches)  # untimed: first steps allocate
     t0 = time.perf_counter()
     train_epoch(run, tensor_batches)
@@ -107,7 +108,8 @@ def with_timed_seconds(runs: list, seconds_per_image: dict) -> list:
 
 
 def run_args(cfg, strategy: str, seed: int, epochs: int, size=None):
-    """The job's flags for one run: a size from scratch, or the ladder grown as `strategy` says."""
+    """The run's config from the job's flags for one run: a size from scratch, or the ladder grown as
+    `strategy` says."""
     if strategy == 'scratch':
         return study_config(**dict(cfg['job'], model_kwargs=size_kwargs(cfg, size), epochs=epochs, seed=seed,
                                warmup_epochs=cfg['warmup_fraction'] * epochs))
@@ -120,13 +122,13 @@ def run_args(cfg, strategy: str, seed: int, epochs: int, size=None):
                            grow_schedule=schedule))
 
 
-def build_study_run(cfg, args, images, labels):
-    """The job's Run for these flags, and its in-memory batches of `images` with the data set's
+def build_study_run(cfg, config, images, labels):
+    """The job's Run for this config, and its in-memory batches of `images` with the data set's
     augmentation and normalisation."""
-    model, _ = build_model(args, 10)
+    model, _ = build_model(config, 10)
     ds = dataset(cfg)
-    batches = TensorBatches(images, labels, args.batch_size, seed=args.seed, **ds['augment'])
-    run = build_run(args, model, 10, batches.batches_per_rank)
+    batches = TensorBatches(images, labels, config.batch_size, seed=config.seed, **ds['augment'])
+    run = build_run(config, model, 10, batches.batches_per_rank)
     run.mean, run.std = ds['mean'], ds['std']  # the data set's normalisation
     return run, batches
 
@@ -135,16 +137,16 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
     """Train one run through the job's Run; test top-1 after the scheduled epochs and each growth."""
     train_x, train_y, test_x, test_y = data
     n = cfg['train_images']
-    args = run_args(cfg, strategy, seed, epochs, size)
-    run, batches = build_study_run(cfg, args, train_x[:n], train_y[:n])
+    config = run_args(cfg, strategy, seed, epochs, size)
+    run, batches = build_study_run(cfg, config, train_x[:n], train_y[:n])
     test = (test_x[:cfg['test_images']], test_y[:cfg['test_images']])
-    log = dict(strategy=strategy, size=list(size or cfg['sizes'][-1]), seed=seed, epochs=args.epochs,
+    log = dict(strategy=strategy, size=list(size or cfg['sizes'][-1]), seed=seed, epochs=config.epochs,
                flops=0.0, seconds=0.0, points=[], images={})
     if strategy != 'scratch':
         log['ladder_epochs'] = cfg['ladder_epochs']
     # after every epoch, or every few epochs for long runs (at most max_evals), and at the end;
     # evaluating draws no random numbers, so how often it happens does not change the training
-    every = max(1, math.ceil(args.epochs / cfg.get('max_evals', math.inf)))
+    every = max(1, math.ceil(config.epochs / cfg.get('max_evals', math.inf)))
 
     def after_growth(record):
         log['points'].append(dict(flops=log['flops'], seconds=log['seconds'], top1=test_top1(run, *test),
@@ -156,7 +158,7 @@ def run_one(cfg, data, sizes_flops, strategy: str, seed: int, epochs: int = 0, s
         now = f'{run.model.attn_tokens}/{run.model.ffn_tokens}'
         log['flops'] += result['images'] * sizes_flops[(run.model.attn_tokens, run.model.ffn_tokens)]
         log['images'][now] = log['images'].get(now, 0) + result['images']  # images trained at each size
-        if (epoch + 1) % every == 0 or epoch + 1 == args.epochs:
+        if (epoch + 1) % every == 0 or epoch + 1 == config.epochs:
             log['points'].append(dict(flops=log['flops'], seconds=log['seconds'], top1=test_top1(run, *test),
                                       images=dict(log['images']), stage=now, epoch=epoch + 1))
     return log

@@ -29,31 +29,32 @@ __all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'build_run', 'chec
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What a training run needs, as plain values (the job's flags of the same names; config.py)."""
+    """What a training run needs, as plain values: the job's flags of the same names, with no defaults
+    of its own (the flags' are the only ones: config.run_config, or config.study_config for studies)."""
     model: str
     model_kwargs: Dict[str, Any]
     epochs: int
     batch_size: int  # per process
-    seed: int = 0
-    img_size: Optional[int] = None
-    drop_path: float = 0.0
-    pattention_impl: str = 'auto'
-    initial_checkpoint: Optional[str] = None
-    growth: GrowthPlan = GrowthPlan()
-    lr: Optional[float] = None  # None: blr x global batch / 256
-    blr: float = 5e-4
-    weight_decay: float = 0.05
-    opt_betas: Tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    clip_grad: Optional[float] = None
-    smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: float = 0.0
-    compile: bool = False
-    compile_mode: str = 'default'
+    seed: int
+    img_size: Optional[int]
+    drop_path: float
+    pattention_impl: str
+    initial_checkpoint: Optional[str]
+    growth: GrowthPlan
+    lr: Optional[float]  # None: blr x global batch / 256
+    blr: float
+    weight_decay: float
+    opt_betas: Tuple[float, float]
+    warmup_epochs: float
+    warmup_lr: float
+    min_lr: float
+    clip_grad: Optional[float]
+    smoothing: float
+    mixup: float
+    cutmix: float
+    ema_decay: float
+    compile: bool
+    compile_mode: str
     flags: Dict[str, Any] = field(default_factory=dict)  # the command line as run: kept in checkpoints
 
     def peak_lr(self, world: int) -> float:
