@@ -1,13 +1,16 @@
 """run.py and the growth plan it follows: the one epoch loop grows at the planned epochs once, a run
 stopped mid-epoch and rebuilt from its checkpoint state ends where the uninterrupted run ends, and
-the plan answers what grows when, refusing a plan that would shrink the model."""
+the plan answers what grows when, refusing a plan that would shrink the model or grow at an epoch a
+resumed run has passed."""
+import dataclasses
+
 import pytest
 import torch
 
 import tokenformer_vit  # noqa: F401
 from tokenformer_vit.config import study_config
 from tokenformer_vit.growth import GrowthError, GrowthEvent, GrowthPlan
-from tokenformer_vit.run import build_model, build_run, train_epochs
+from tokenformer_vit.run import build_model, build_run, check_resume, train_epochs
 
 SEED = 0
 
@@ -57,6 +60,11 @@ def test_the_epoch_loop_grows_once_at_each_planned_epoch_and_a_stopped_run_resum
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     for k, v in straight.ema.module.state_dict().items():
         assert torch.equal(v, resumed.ema.module.state_dict()[k]), k
+    # resumed with a plan that grows at an epoch the run has passed: refused, not silently skipped
+    other = dataclasses.replace(resumed.config, growth=GrowthPlan.parse('0:12:24,2:16:32', mode='ramp'))
+    with pytest.raises(GrowthError, match="--grow 0:12:24 is before epoch 1, where the run resumes"):
+        check_resume(other, state, 1, 'last.pth.tar')
+    check_resume(resumed.config, state, 1, 'last.pth.tar')  # the plan it was started with
 
 
 def test_a_stop_requested_inside_train_epochs_is_seen_at_the_next_step():

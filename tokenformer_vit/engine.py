@@ -53,8 +53,8 @@ class LRSchedule:
 
     `continue`: one schedule over the whole run, whatever grows.
     `restart` (the job's default): at each growth (`grown(step)`, called by
-    growth.grow_training_state) the warmup and the cosine start again, and decay to `min_lr` by the next planned growth or the end of the run,
-    as the official code's separate training stages do. The segment ends come from the growth plan,
+    growth.grow_training_state) the warmup and the cosine start again, and decay to `min_lr` by the
+    next planned growth or the end of the run, as the official code's separate training stages do. The segment ends come from the growth plan,
     the restarts from the growths that happened: both are in the checkpoint (`state_dict`).
     """
 
@@ -102,7 +102,8 @@ def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
 
 
 def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                    schedules: Sequence, loss_fn: Callable, *, device: torch.device, mean, std, step: int, seed: int, rank: int = 0,
+                    schedules: Sequence, loss_fn: Callable, *, device: torch.device, mean, std, step: int, seed: int,
+                    rank: int = 0,
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, mixup=None, ema=None,
                     clip_grad: Optional[float] = None, raw_model: Optional[torch.nn.Module] = None,
                     should_stop: Callable[[], bool] = lambda: False,

@@ -224,6 +224,7 @@ class TauRamp:
 
     def __init__(self, model: nn.Module, history: List[Dict[str, Any]], steps_per_epoch: int):
         self.model, self.history, self.steps_per_epoch = model, history, steps_per_epoch
+        self._layers = None  # found once: growth replaces a layer's tensors, never the layer
 
     def step_update(self, num_updates: int, metric=None) -> None:
         ramp = self.history[-1].get('tau_ramp') if self.history else None
@@ -233,8 +234,10 @@ class TauRamp:
         if not start_step <= num_updates <= start_step + length:
             return
         frac = (num_updates - start_step) / length
+        if self._layers is None:
+            self._layers = _kind_layers(self.model)
         with torch.no_grad():
-            for kind, layers in _kind_layers(self.model).items():
+            for kind, layers in self._layers.items():
                 start, end = ramp[kind]
                 for layer in layers:
                     layer.tau.fill_(end if frac == 1 else start + (end - start) * frac)
@@ -292,17 +295,18 @@ class GrowthPlan:
     @staticmethod
     def done(event: GrowthEvent, history: List[Dict[str, Any]]) -> bool:
         """Whether a run's growth history holds this event (a resumed run does not repeat it)."""
-        return any(g.get('epoch') == event.epoch and 'source' not in g
-                   and list(g.get('attn_tokens', ())[1:]) == [event.attn_tokens]
-                   and list(g.get('ffn_tokens', ())[1:]) == [event.ffn_tokens] for g in history)
+        return any(g.get('epoch') == event.epoch and 'source' not in g and g['attn_tokens'][1] == event.attn_tokens
+                   and g['ffn_tokens'][1] == event.ffn_tokens for g in history)
 
     def at(self, epoch: int, history: List[Dict[str, Any]] = ()) -> Optional[GrowthEvent]:
         """The growth to make at the start of `epoch`, or None (none planned, or already made)."""
         return next((e for e in self.events if e.epoch == epoch and not self.done(e, history)), None)
 
-    def check(self, start: Tuple[int, int], history: List[Dict[str, Any]] = (), epochs: Optional[int] = None) -> None:
-        """Every growth still to come happens within `epochs` and grows the model from `start`, its
-        token counts now (after the growths in `history`), never shrinking it."""
+    def check(self, start: Tuple[int, int], history: List[Dict[str, Any]] = (), epochs: Optional[int] = None,
+              resumed_at: Optional[int] = None) -> None:
+        """Every growth still to come happens within `epochs`, not before `resumed_at` (the epoch a
+        resumed run is in), and grows the model from `start`, its token counts now (after the growths
+        in `history`), never shrinking it."""
         attn, ffn = start
         for event in self.events:
             if epochs is not None and event.epoch >= epochs:
@@ -310,6 +314,10 @@ class GrowthPlan:
                                   f'(epochs count from 0): grow earlier or train longer.')
             if self.done(event, history):
                 continue
+            if resumed_at is not None and event.epoch < resumed_at:
+                raise GrowthError(f'--grow {event} is before epoch {resumed_at}, where the run resumes, and the run '
+                                  f'did not grow so then: resume with the --grow it was started with, or start a new '
+                                  f'--output.')
             if event.attn_tokens < attn or event.ffn_tokens < ffn:
                 raise GrowthError(f'--grow at epoch {event.epoch} to {event.attn_tokens}/{event.ffn_tokens} tokens '
                                   f'would shrink the model from {attn}/{ffn}: growth only appends tokens.')

@@ -166,6 +166,12 @@ def _autocast_dtype(x: torch.Tensor, key: torch.Tensor) -> Optional[torch.dtype]
     return None
 
 
+def _outside_autocast(x: torch.Tensor, dtype: Optional[torch.dtype]):
+    """Autocast switched off for x's device while the custom paths run, when `_autocast_dtype` found
+    it on (they cast to its dtype themselves)."""
+    return torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext()
+
+
 def _pattention(x: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
                 taus: Sequence[torch.Tensor], norm: str, eps: float) -> torch.Tensor:
     if norm != 'l2_gelu':  # the reference formulation
@@ -174,7 +180,7 @@ def _pattention(x: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[
             x = x.expand(len(keys), -1, -1)
         return theta(x @ key.mT, norm, tau, eps) @ value
     dtype = _autocast_dtype(x, keys[0])
-    with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+    with _outside_autocast(x, dtype):
         if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in (*keys, *values))):
             return _L2GeluPattention.apply(eps, dtype, x, *keys, *values, *taus)
         key, value, tau = _stack(keys, values, taus)
@@ -286,7 +292,7 @@ class Pattention(nn.Module):
         if dtype is not None:
             x, key, value = x.to(dtype), key.to(dtype), value.to(dtype)
         lead = x.shape[:-1]
-        with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+        with _outside_autocast(x, dtype):
             y = l2_gelu_pattention(x.reshape(-1, x.shape[-1]), key, value, self.tau, self.eps)
         return y.reshape(*lead, y.shape[-1])
 

@@ -168,7 +168,7 @@ def check_resume(config: RunConfig, resume: Dict, world: int, path: Path) -> Non
                           f'{now[0]}/{now[1]} tokens now), but --model {config.model} with --model-kwargs '
                           f'{dict(config.model_kwargs)} starts at {asked[0]}/{asked[1]}: resume with the flags it '
                           f'was started with, or start a new --output.')
-    config.growth.check(now, list(resume.get('growth_history') or []))
+    config.growth.check(now, list(resume.get('growth_history') or []), resumed_at=resume.get('epoch_in_progress'))
 
 
 # ----------------------------------------------------------------------------------------------------------------
