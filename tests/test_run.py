@@ -65,6 +65,13 @@ def test_the_epoch_loop_grows_once_at_each_planned_epoch_and_a_stopped_run_resum
     with pytest.raises(GrowthError, match="--grow 0:12:24 is before epoch 1, where the run resumes"):
         check_resume(other, state, 1, 'last.pth.tar')
     check_resume(resumed.config, state, 1, 'last.pth.tar')  # the plan it was started with
+    # or at the start of the epoch it resumes in the middle of: refused at that epoch's start
+    other = dataclasses.replace(resumed.config, growth=GrowthPlan.parse('1:14:28,2:16:32', mode='ramp'))
+    check_resume(other, state, 1, 'last.pth.tar')  # grows on from 12/24: nothing to refuse yet
+    model, history = build_model(other, 4, state)
+    late = build_run(other, model, 4, updates_per_epoch=3, growth_history=history, resume=state)
+    with pytest.raises(GrowthError, match='--grow 1:14:28 is at the start of epoch 1, which this run resumes at step 5'):
+        next(train_epochs(late, Batches(3)))
 
 
 def test_a_stop_requested_inside_train_epochs_is_seen_at_the_next_step():

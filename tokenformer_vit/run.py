@@ -295,8 +295,12 @@ def grow_at_epoch(run: Run, epoch: int) -> Optional[Dict]:
     history holds). Grows the model, EMA, optimizer and schedule together; returns the record."""
     plan = run.config.growth
     event = plan.at(epoch, run.growth_history)
-    if event is None or run.step != epoch * run.updates_per_epoch:
+    if event is None:
         return None
+    if run.step != epoch * run.updates_per_epoch:  # resumed inside the epoch, where this run did not grow
+        raise GrowthError(f'--grow {event} is at the start of epoch {epoch}, which this run resumes at step '
+                          f'{run.step} without having grown there: resume with the --grow it was started with, or '
+                          f'start a new --output.')
     mode = plan.mode_of(event)
     record = grow_training_state(run.model, event.attn_tokens, event.ffn_tokens, mode, optimizer=run.optimizer,
                                  ema=run.ema, scheduler=run.scheduler, step=run.step,
