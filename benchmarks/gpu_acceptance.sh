@@ -25,8 +25,9 @@
 #   bash benchmarks/gpu_acceptance.sh
 #   STAGES="profile bench" PREFIX=h200_run2 bash benchmarks/gpu_acceptance.sh
 #   DRY=1 bash benchmarks/gpu_acceptance.sh          # on the CPU: every stage at toy sizes, to catch script errors
-# On the device machine, carry the wheels the machine lacks (albumentations, webdataset, submitit, and
-# timm 1.0.31) in .whl/ (../shared/device-wheels/README.md): they are installed from there first.
+# On the device machine, carry the wheels the machine lacks (webdataset, submitit and timm 1.0.31; the
+# albumentations wheels there are no longer needed) in .whl/ (../shared/device-wheels/README.md): they
+# are installed from there first.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-benchmarks/results}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training job's GPU check (issue 5), one short script: a few hundred bf16 steps of
 # tokenformer_vit_base_pm through the real pipeline (generated full-size JPEG shards, workers,
-# albumentations, DDP-ready loop, checkpoints), grown mid-run to tokenformer_vit_base's token counts,
+# the recipe's transforms, DDP-ready loop, checkpoints), grown mid-run to tokenformer_vit_base's token counts,
 # next to vit_base_patch16_224 trained the same way. Figures go to $OUT (or benchmarks/results/).
 #   bash benchmarks/gpu_check.sh            # STEPS=300 BATCH=128 IMAGES=6400 by default
 # On a machine without the package registries, put the wheels of requirements.txt's packages that

@@ -112,7 +112,7 @@ def train_and_test(model: torch.nn.Module, data, steps: int, batch_size: int = 1
     batches = TensorBatches(train_x[:n], train_y[:n], batch_size, flip=True, seed=seed)
     config = study_config(model='tokenformer_vit_tiny', epochs=1, batch_size=batch_size, lr=lr, min_lr=1e-5,
                           warmup_lr=1e-5, warmup_epochs=0.1, weight_decay=0.05, smoothing=0.1, mixup=0.0, cutmix=0.0,
-                          ema_decay=0.0, seed=seed)
+                          reprob=0.0, ema_decay=0.0, seed=seed)
     run = build_run(config, model, 10, batches.batches_per_rank)
     run.mean, run.std = MEAN, STD  # Fashion-MNIST's normalisation
     for _ in train_epochs(run, batches):

@@ -65,6 +65,11 @@ def test_bad_config_flag_and_schedule_are_one_clear_error(tmp_path, capsys, shar
     (['--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'attn_tokens=16.5', 'ffn_tokens=32', 'patch_size=8'],
      'needs a whole number of parameter tokens, got num_tokens=16.5'),
     (['--config', 'BINARY'], 'is not text: pass a YAML file'),
+    # the recipe's flags (issue 31)
+    (['--ratio', 1.5, 0.5], '--ratio 1.5 0.5: pass MIN MAX with 0 < MIN <= MAX'),
+    (['--hflip', 1.5], '--hflip is 1.5: it must be at most 1'),
+    (['--aug-repeats', 0], '--aug-repeats is 0: it must be at least 1'),
+    (['--train-interpolation', 'nearest'], "argument --train-interpolation: invalid choice: 'nearest'"),
 ])
 def test_bad_flags_are_one_sentence_and_exit_2_before_any_training(shards, tmp_path, capsys, flags, message):
     import timm

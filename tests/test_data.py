@@ -4,16 +4,33 @@ import json
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tokenformer_vit.data import DataError, build_loader
+from tokenformer_vit.data import DataConfig, DataError, build_loader
 from tokenformer_vit.errors import ShardError
 from tokenformer_vit.make_shards import make_shards
-from tokenformer_vit.transforms import RandAugment, build_mixup, build_train_transform, decode_rgb, normalize_batch, seed_transform
+from tokenformer_vit.transforms import MAX_IMAGE_PIXELS, Recipe, build_mixup, decode_rgb, normalize_batch
+
+
+def recipe(**values) -> Recipe:
+    """The tests' recipe: 8 px, no RandAugment, evaluation without a resize; `values` over it."""
+    base = dict(img_size=8, crop_pct=1.0, interpolation='bicubic', mean=(0.485, 0.456, 0.406), scale=(0.08, 1.0),
+                ratio=(3 / 4, 4 / 3), hflip=0.5, train_interpolation='bicubic', rand_augment=False, color_jitter=0.0,
+                aug_repeats=1)
+    return Recipe(**dict(base, **values))
+
+
+def shard_loader(root, split, batch_size, training, *, workers=0, seed=0, world_size=1, rank=0, num_classes=None,
+           max_pixels=MAX_IMAGE_PIXELS, **values):
+    """build_loader over `root` with the tests' recipe (`values` over it)."""
+    data = DataConfig(root=str(root), batch_size=batch_size, workers=workers, seed=seed, recipe=recipe(**values),
+                      max_pixels=max_pixels, shuffle_buffer=2048)
+    return build_loader(data, split, training, world_size=world_size, rank=rank, num_classes=num_classes)
 
 
 def image_folder(root, classes=('cat', 'dog', 'eel'), per_class=6, size=(40, 30), seed=0):
@@ -139,7 +156,7 @@ def test_make_shards_bad_requests_exit_2_with_one_sentence(tmp_path):
 def test_fashion_mnist_input_builds_rgb_shards(tmp_path):
     entry = make_shards('fashion-mnist', 'validation', tmp_path / 'fm', shard_size=2500, workers=2, progress=False)
     assert entry['num_samples'] == 10_000 and entry['num_classes'] == 10
-    loader = build_loader(str(tmp_path / 'fm'), 'validation', 500, False, num_workers=0, img_size=28, crop_pct=1.0)
+    loader = shard_loader(tmp_path / 'fm', 'validation', 500, False, workers=0, img_size=28)
     x, y = next(iter(loader))
     assert x.shape == (500, 3, 28, 28) and x.dtype == torch.uint8 and 0 <= int(y.min()) and int(y.max()) <= 9
 
@@ -149,7 +166,7 @@ def test_evaluation_sees_every_sample_exactly_once(tmp_path, world):
     root = id_shards(tmp_path / 'ids', 50, [20, 20, 10], split='validation')
     seen = []
     for rank in range(world):
-        loader = build_loader(str(root), 'validation', 7, False, num_workers=2, img_size=8, crop_pct=1.0,
+        loader = shard_loader(str(root), 'validation', 7, False, workers=2,
                               world_size=world, rank=rank)
         batches = [y.tolist() for _, y in loader]
         assert len(batches) == len(loader)
@@ -164,8 +181,8 @@ def test_training_batches_are_equal_disjoint_and_reshuffled(tmp_path, world, wor
     bs = 5
     per_rank = []
     for rank in range(world):
-        loader = build_loader(str(root), 'train', bs, True, num_workers=workers, img_size=8, world_size=world,
-                              rank=rank, seed=3, epoch=0, rand_augment=False, reprob=0)
+        loader = shard_loader(str(root), 'train', bs, True, workers=workers, world_size=world,
+                              rank=rank, seed=3)
         batches = [y.tolist() for _, y in loader]
         assert len(batches) == 90 // (world * bs) == len(loader) and all(len(b) == bs for b in batches)
         per_rank.append([t for b in batches for t in b])
@@ -175,8 +192,8 @@ def test_training_batches_are_equal_disjoint_and_reshuffled(tmp_path, world, wor
     for a in range(world):
         for b in range(a + 1, world):
             assert not set(per_rank[a]) & set(per_rank[b])
-    again = build_loader(str(root), 'train', bs, True, num_workers=workers, img_size=8, world_size=world, rank=0,
-                         seed=3, epoch=0, rand_augment=False, reprob=0)
+    again = shard_loader(str(root), 'train', bs, True, workers=workers, world_size=world, rank=0,
+                         seed=3)
     assert targets(again) == per_rank[0]  # deterministic for a seed and epoch
     again.dataset.set_epoch(1)
     assert targets(again) != per_rank[0]  # another order next epoch
@@ -195,7 +212,7 @@ def test_corrupt_sample_unlabelled_sample_and_truncated_tar_are_skipped(tmp_path
     data = (root / 'ids-validation-000001.tar').read_bytes()
     (root / 'ids-validation-000001.tar').write_bytes(data[:len(data) // 2])
     with pytest.warns(UserWarning) as record:
-        seen = targets(build_loader(str(root), 'validation', 4, False, num_workers=0, img_size=8, crop_pct=1.0))
+        seen = targets(shard_loader(str(root), 'validation', 4, False, workers=0))
     assert seen[:4] == [2, 3, 4, 5] and len(seen) < 10
     text = ' '.join(str(w.message) for w in record)
     assert 'could not be decoded' in text and 'no .jpg or .cls' in text and 'unreadable tar data' in text
@@ -203,44 +220,18 @@ def test_corrupt_sample_unlabelled_sample_and_truncated_tar_are_skipped(tmp_path
 
 def test_missing_root_split_or_info_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match='does not exist'):
-        build_loader(str(tmp_path / 'none'), 'train', 4, True)
+        shard_loader(str(tmp_path / 'none'), 'train', 4, True)
     (tmp_path / 'empty').mkdir()
     with pytest.raises(DataError, match='_info.json is missing'):
-        build_loader(str(tmp_path / 'empty'), 'train', 4, True)
+        shard_loader(str(tmp_path / 'empty'), 'train', 4, True)
     root = id_shards(tmp_path / 'ids', 10, [10])
     with pytest.raises(DataError, match="Split 'validation' is not in"):
-        build_loader(str(root), 'validation', 4, False)
-
-
-def test_workers_do_not_repeat_each_others_augmentations():
-    img = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    outs = []
-    for batch in range(3):  # consecutive batches: they come from different workers
-        t = build_train_transform(32, normalize=False)
-        seed_transform(t, 0, 0, 0, batch)
-        outs.append(t(image=img)['image'])
-    assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
-    t = build_train_transform(32, normalize=False)
-    seed_transform(t, 0, 0, 0, 0)
-    assert np.array_equal(t(image=img)['image'], outs[0])
-
-
-def test_rand_augment_ops_all_run_and_change_the_image():
-    img = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
-    ra = RandAugment()
-    changed = 0
-    for name in RandAugment.OPS:
-        if name == 'SolarizeAdd':
-            continue
-        out = ra._op(name, 9.0, 1.0)(image=img)['image']
-        assert out.shape == img.shape and out.dtype == np.uint8
-        changed += not np.array_equal(out, img)
-    assert changed >= len(RandAugment.OPS) - 2
+        shard_loader(str(root), 'validation', 4, False)
 
 
 def test_batches_normalise_and_mix_with_timm_mixup(tmp_path):
     root = id_shards(tmp_path / 'ids', 8, [8])
-    x, y = next(iter(build_loader(str(root), 'train', 8, True, num_workers=0, img_size=8, rand_augment=False, reprob=0)))
+    x, y = next(iter(shard_loader(str(root), 'train', 8, True, workers=0)))
     x = normalize_batch(x, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, (128 / 255 - 0.5) / 0.25), atol=0.05)
     mixup = build_mixup(num_classes=8, mixup=0.8, cutmix=0.0, smoothing=0.1)
@@ -278,7 +269,7 @@ def test_resumed_epoch_gives_exactly_the_batches_not_yet_trained_on(tmp_path, wo
     make_shards(str(src), 'train', tmp_path / 'out', shard_size=6, workers=1, progress=False)
 
     def epoch(skip):
-        loader = build_loader(str(tmp_path / 'out'), 'train', 4, True, num_workers=workers, img_size=16, seed=5)
+        loader = shard_loader(str(tmp_path / 'out'), 'train', 4, True, workers=workers, img_size=16, seed=5)
         loader.dataset.set_epoch(1, skip_batches=skip)
         return list(loader)
 
@@ -287,7 +278,7 @@ def test_resumed_epoch_gives_exactly_the_batches_not_yet_trained_on(tmp_path, wo
     for (x, y), (x2, y2) in zip(full[3:], rest):  # same images, same labels, same augmentation
         assert torch.equal(y, y2) and torch.equal(x, x2)
     with pytest.raises(DataError, match='cannot skip 9 of 9'):
-        build_loader(str(tmp_path / 'out'), 'train', 4, True, num_workers=0).dataset.set_epoch(0, skip_batches=9)
+        shard_loader(str(tmp_path / 'out'), 'train', 4, True, workers=0).dataset.set_epoch(0, skip_batches=9)
 
 
 def _bomb_jpeg(width=12000, height=12000) -> bytes:
@@ -330,7 +321,7 @@ def test_a_later_split_keeps_the_recorded_class_indices_or_is_refused(tmp_path):
     make_shards(str(tmp_path / 'val'), 'validation', tmp_path / 'wds', progress=False)
     info = json.loads((tmp_path / 'wds' / '_info.json').read_text())
     assert info['classes'] == ['cat', 'dog', 'eel'] and info['splits']['validation']['num_classes'] == 3
-    assert sorted(set(targets(build_loader(str(tmp_path / 'wds'), 'validation', 2, False, num_workers=0)))) == [1, 2]
+    assert sorted(set(targets(shard_loader(str(tmp_path / 'wds'), 'validation', 2, False, workers=0)))) == [1, 2]
     image_folder(tmp_path / 'other', classes=('cat', 'fox'), per_class=1)
     with pytest.raises(ShardError, match="has class 'fox' that they lack"):
         make_shards(str(tmp_path / 'other'), 'validation', tmp_path / 'wds', progress=False)
@@ -378,13 +369,13 @@ def test_info_json_that_is_not_json_is_one_clear_error(tmp_path):
     (tmp_path / 'wds').mkdir()
     (tmp_path / 'wds' / '_info.json').write_text('{"name": "x", "splits": ')
     with pytest.raises(DataError, match='is not valid JSON'):
-        build_loader(str(tmp_path / 'wds'), 'train', 2, True, num_workers=0)
+        shard_loader(str(tmp_path / 'wds'), 'train', 2, True, workers=0)
 
 
 def test_a_label_outside_the_model_classes_stops_the_loader_with_one_sentence(tmp_path):
     image_folder(tmp_path / 'img', classes=('a', 'b', 'c'), per_class=2)
     make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', progress=False)
-    loader = build_loader(str(tmp_path / 'wds'), 'train', 2, True, num_workers=0, num_classes=2)
+    loader = shard_loader(str(tmp_path / 'wds'), 'train', 2, True, workers=0, num_classes=2)
     with pytest.raises(DataError, match='has label 2, outside the 2 classes of the model'):
         loader.dataset.set_epoch(0)
         list(loader)
@@ -392,8 +383,9 @@ def test_a_label_outside_the_model_classes_stops_the_loader_with_one_sentence(tm
     # exit although the worker (which ignores SIGTERM) was left running by the exception
     script = (
         'import sys\n'
-        'from tokenformer_vit.data import DataError, build_loader\n'
-        f'loader = build_loader({str(tmp_path / "wds")!r}, "train", 2, True, num_workers=1, num_classes=2)\n'
+        f'sys.path.insert(0, {str(Path(__file__).parent)!r})\n'
+        'from test_data import DataError, shard_loader\n'
+        f'loader = shard_loader({str(tmp_path / "wds")!r}, "train", 2, True, workers=1, num_classes=2)\n'
         'loader.dataset.set_epoch(0)\n'
         'try:\n'
         '    list(loader)\n'
@@ -576,8 +568,94 @@ def test_a_split_with_no_shards_or_samples_is_one_clear_error_at_once(tmp_path):
     info['splits']['validation'] = dict(name='validation', num_samples=0, filenames=[], shard_lengths=[])
     (root / '_info.json').write_text(json.dumps(info))
     with pytest.raises(DataError, match="Split 'validation' of .* has no samples"):
-        build_loader(str(root), 'validation', 2, False, num_workers=0, img_size=8)
+        shard_loader(str(root), 'validation', 2, False, workers=0)
     del info['splits']['train']['num_samples']
     (root / '_info.json').write_text(json.dumps(info))
     with pytest.raises(DataError, match="does not list split 'train' as make_shards writes it"):
-        build_loader(str(root), 'train', 2, True, num_workers=0, img_size=8)
+        shard_loader(str(root), 'train', 2, True, workers=0)
+
+
+def photo_id_shards(root, n, shard_size, seed=0):
+    """Shards of photograph-like images whose label is the sample's own index."""
+    import webdataset as wds
+    from photos import jpeg_bytes, photo_like
+    root.mkdir(parents=True, exist_ok=True)
+    files = []
+    for s, start in enumerate(range(0, n, shard_size)):
+        files.append(f'ids-train-{s:06d}.tar')
+        with wds.TarWriter(str(root / files[-1])) as sink:
+            for i in range(start, min(n, start + shard_size)):
+                sink.write({'__key__': f'train_{i:08d}', 'jpg': jpeg_bytes(photo_like(seed + i, 20, 24)),
+                            'cls': str(i).encode()})
+    lengths = [min(shard_size, n - s) for s in range(0, n, shard_size)]
+    (root / '_info.json').write_text(json.dumps({'name': 'ids', 'splits': {'train': {
+        'name': 'train', 'num_samples': n, 'filenames': files, 'shard_lengths': lengths}}}))
+    return root
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_aug_repeats_gives_each_image_n_times_in_a_row_each_augmented_anew_and_resumes_exactly(tmp_path, workers):
+    print('seed 4')
+    root = photo_id_shards(tmp_path / 'ids', 36, 9)
+    kw = dict(workers=workers, seed=4, img_size=16, rand_augment=True, aug_repeats=3)
+    loader = shard_loader(root, 'train', 4, True, **kw)  # 3 copies, batches of 4: copies straddle batches
+    batches = list(loader)
+    assert len(batches) == 9
+    per_worker = [batches[w::max(1, workers)] for w in range(max(1, workers))]
+    for share in per_worker:  # the DataLoader interleaves its workers' batches
+        labels = [t for _, y in share for t in y.tolist()]
+        images = torch.cat([x for x, _ in share])
+        runs = [labels[i:i + 3] for i in range(0, len(labels) - len(labels) % 3, 3)]
+        assert all(len(set(r)) == 1 for r in runs), labels
+        for i in range(0, len(runs) * 3, 3):
+            assert not torch.equal(images[i], images[i + 1]) and not torch.equal(images[i + 1], images[i + 2])
+    # an epoch of 36 items: 12 images 3 times each (a worker's last image may be cut short)
+    assert 12 <= len({t for _, y in batches for t in y.tolist()}) <= 12 + max(0, workers - 1)
+    for skip in (1, 5):
+        rest = shard_loader(root, 'train', 4, True, **kw)
+        rest.dataset.set_epoch(0, skip_batches=skip)
+        again = list(rest)
+        assert len(again) == 9 - skip
+        for (x, y), (x2, y2) in zip(batches[skip:], again):
+            assert torch.equal(y, y2) and torch.equal(x, x2)
+
+
+def test_jpegs_are_stored_byte_for_byte_unless_max_side_is_given_and_info_records_it(tmp_path):
+    # before: --max-side 512 by default re-encoded every photograph with a side above 512 (11% of ImageNet's)
+    from photos import jpeg_bytes, photo_like
+    src = tmp_path / 'in' / 'a'
+    src.mkdir(parents=True)
+    big = jpeg_bytes(photo_like(0, 400, 700))
+    (src / 'big.jpg').write_bytes(big)
+    (src / 'cmyk.jpg').write_bytes(_jpeg(Image.fromarray(photo_like(1, 30, 40)).convert('CMYK')))
+    for max_side, stored_big in ((None, True), (512, False)):
+        out = tmp_path / f'out{max_side}'
+        entry = make_shards(str(tmp_path / 'in'), 'train', out, max_side=max_side, progress=False)
+        pairs = {}
+        with tarfile.open(out / entry['filenames'][0]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name, data in members.items():
+            if name.endswith('.json'):
+                pairs[json.loads(data)['file']] = members[name[:-5] + '.jpg']
+        assert (pairs['a/big.jpg'] == big) is stored_big
+        assert pairs['a/cmyk.jpg'] == (src / 'cmyk.jpg').read_bytes()  # a JPEG of any colour space stays as it is
+        assert decode_rgb(pairs['a/big.jpg']).shape == ((400, 700, 3) if stored_big else (293, 512, 3))
+        assert json.loads((out / '_info.json').read_text())['splits']['train']['max_side'] == max_side
+
+
+def _jpeg(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format='JPEG')
+    return buf.getvalue()
+
+
+def test_an_output_folder_named_like_the_readmes_gives_a_name_timm_reads(tmp_path):
+    # before: the README's own --output /data/imagenet-wds was refused ("may not contain dots or dashes")
+    from timm.data import create_dataset
+    src = image_folder(tmp_path / 'in', per_class=2)
+    make_shards(str(src), 'validation', tmp_path / 'imagenet-wds.v2', progress=False)
+    assert json.loads((tmp_path / 'imagenet-wds.v2' / '_info.json').read_text())['name'] == 'imagenet_wds_v2'
+    ds = create_dataset('wds/imagenet_wds_v2', root=str(tmp_path / 'imagenet-wds.v2'), split='validation')
+    assert sorted(int(t) for _, t in ds) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ShardError, match="Data set name 'my-set' may not contain dots or dashes"):
+        make_shards(str(src), 'train', tmp_path / 'other', name='my-set', progress=False)

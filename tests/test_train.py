@@ -374,3 +374,60 @@ def test_eval_only_evaluates_the_initial_checkpoint_as_it_is(shards, tmp_path):
     assert top1(grown.stdout) == top1(as_is.stdout) and len(top1(as_is.stdout)) == 1
     summary = (small / 'summary.csv').read_text().splitlines()
     assert f'{float(summary[1].split(",")[summary[0].split(",").index("eval_top1")]):.2f}%' in top1(as_is.stdout)[0]
+
+
+def test_eval_only_gives_the_figures_of_timms_validate_pipeline_on_photographs(tmp_path):
+    # before: OpenCV's bicubic without antialiasing, 4.3 per pixel from timm's input on ImageNet photographs,
+    # and the job's top-1 and validate.py's differed. The checkpoint is random: its 10 logits are close,
+    # so which is highest hangs on detail, and its loss tells apart inputs that differ anywhere.
+    import timm
+    from PIL import Image
+    from photos import photo_like
+    from timm.data import create_dataset, create_loader, resolve_data_config
+    from tokenformer_vit.make_shards import make_shards
+    print('photo seeds 0-59, model seed 0')
+    rng = random.Random(0)
+    for i in range(60):
+        folder = tmp_path / 'img' / f'class{i % 10}'
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo_like(i, rng.randint(40, 160), rng.randint(40, 160))).save(folder / f'{i}.jpg', quality=92)
+    make_shards(str(tmp_path / 'img'), 'validation', tmp_path / 'wds', shard_size=16, progress=False, name='photos')
+    torch.manual_seed(0)
+    kwargs = dict(depth=2, embed_dim=32, num_heads=2, attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32)
+    model = timm.create_model('tokenformer_vit_tiny', num_classes=10, **kwargs).eval()
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'random.pth.tar')
+    res = train('--data-dir', tmp_path / 'wds', '--output', tmp_path / 'run', '--eval-only', '--initial-checkpoint',
+                tmp_path / 'random.pth.tar', '--num-classes', 10)
+    line = next(line for line in res.stdout.splitlines() if line.startswith('model: top-1'))
+
+    def validate(crop_pct=None):
+        """What timm's validate.py computes, through the functions it calls, on these shards."""
+        config = resolve_data_config(dict(img_size=32, crop_pct=crop_pct), model=model)
+        loader = create_loader(create_dataset('wds/photos', root=str(tmp_path / 'wds'), split='validation'),
+                               input_size=config['input_size'], batch_size=16, use_prefetcher=True,
+                               interpolation=config['interpolation'], mean=config['mean'], std=config['std'],
+                               crop_pct=config['crop_pct'], crop_mode=config['crop_mode'], device=torch.device('cpu'),
+                               num_workers=0)
+        with torch.no_grad():
+            logits, targets = zip(*[(model(x), y) for x, y in loader])
+        logits, targets = torch.cat(logits), torch.cat(targets)
+        top = logits.topk(5, dim=1).indices.eq(targets[:, None])
+        return (100 * top[:, 0].float().mean().item(), 100 * top.any(1).float().mean().item(),
+                torch.nn.functional.cross_entropy(logits, targets).item(), len(targets))
+
+    top1, top5, loss, n = validate()
+    other = validate(crop_pct=0.8)  # a slightly other input
+    print(line, '| timm:', top1, top5, loss, n, '| timm at crop 0.8:', other)
+    assert line.startswith(f'model: top-1 {top1:.2f}%  top-5 {top5:.2f}%  loss '), line
+    assert line.endswith(f'  ({n} images)') and abs(float(line.split('loss ')[1].split()[0]) - loss) < 1e-4, line
+    assert abs(other[2] - loss) > 1e-3 and other[:2] != (top1, top5)  # the figures do tell inputs apart
+
+
+def test_color_jitter_under_rand_augment_is_announced_as_ignored_as_in_timm(shards, tmp_path):
+    res = train('--data-dir', shards, '--output', tmp_path / 'run', '--epochs', 1, '--rand-augment',
+                '--color-jitter', 0.4)
+    note = [line for line in res.stdout.splitlines() if line.startswith('note:')]
+    assert note == ['note: --color-jitter 0.4 is ignored while RandAugment is on, as in timm (--no-rand-augment to '
+                    'use it)'], res.stdout
+    quiet = train('--data-dir', shards, '--output', tmp_path / 'run2', '--epochs', 1, '--color-jitter', 0.4)
+    assert 'note:' not in quiet.stdout  # TINY has --no-rand-augment: the jitter applies

@@ -17,10 +17,14 @@ from .errors import ConfigError, UserError
 from .growth import GROWTH_MODES, GROW_SCHEDULES, GrowthPlan
 from .pattention import PATTENTION_IMPLS
 from .run import RunConfig
-from .transforms import MAX_IMAGE_PIXELS
+from .data import DataConfig
+from .transforms import INTERPOLATIONS, MAX_IMAGE_PIXELS, Recipe
 
-__all__ = ['COMPILE_MODES', 'ConfigError', 'build_parser', 'parse_args', 'job_args', 'run_config', 'study_config']
+__all__ = ['COMPILE_MODES', 'ConfigError', 'build_parser', 'parse_args', 'job_args', 'run_config', 'data_config',
+           'study_config']
 
+
+SHUFFLE_BUFFER = 2048  # undecoded training samples shuffled in each loader worker
 
 # torch.compile's modes; those that capture CUDA graphs mark every training step (engine.train_one_epoch)
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune')
@@ -65,14 +69,28 @@ def _add_data_flags(g) -> None:
     g.add_argument('--train-split', default='train')
     g.add_argument('--val-split', default='validation')
     g.add_argument('--workers', type=int, default=8, help='data loader workers per process')
-    g.add_argument('--scale', type=float, nargs=2, default=(0.08, 1.0), help='RandomResizedCrop area range')
-    g.add_argument('--rand-augment', action=argparse.BooleanOptionalAction, default=True, help='rand-m9-mstd0.5')
-    g.add_argument('--color-jitter', type=float, default=0.0)
-    g.add_argument('--reprob', type=float, default=0.25, help='random erasing probability')
-    g.add_argument('--crop-pct', type=float, default=None, help='evaluation crop (default: the model\'s)')
-    g.add_argument('--mixup', type=float, default=0.8)
-    g.add_argument('--cutmix', type=float, default=1.0)
-    g.add_argument('--smoothing', type=float, default=0.1)
+    # the recipe: each flag is timm's train.py flag of the same name, at MAE's value (docs/design.md, "Augmentation")
+    g.add_argument('--scale', type=float, nargs=2, default=(0.08, 1.0),
+                   help="RandomResizedCrop's area range (timm --scale)")
+    g.add_argument('--ratio', type=float, nargs=2, default=(3 / 4, 4 / 3),
+                   help="RandomResizedCrop's aspect range (timm --ratio)")
+    g.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability (timm --hflip)')
+    g.add_argument('--train-interpolation', default='bicubic', choices=INTERPOLATIONS,
+                   help="RandomResizedCrop's and RandAugment's resampling (timm --train-interpolation; MAE: bicubic)")
+    g.add_argument('--rand-augment', action=argparse.BooleanOptionalAction, default=True,
+                   help='RandAugment, timm --aa rand-m9-mstd0.5-inc1')
+    g.add_argument('--color-jitter', type=float, default=0.0,
+                   help='colour jitter strength (timm --color-jitter); as in timm, ignored while RandAugment is on')
+    g.add_argument('--reprob', type=float, default=0.25,
+                   help='random erasing probability, on the normalised batch (timm --reprob; --remode pixel '
+                        '--recount 1)')
+    g.add_argument('--aug-repeats', type=int, default=1,
+                   help='repeated augmentation: N augmented copies of each decoded image (timm --aug-repeats; DeiT: 3)')
+    g.add_argument('--crop-pct', type=float, default=None,
+                   help="evaluation crop (timm validate.py --crop-pct; default: the model's)")
+    g.add_argument('--mixup', type=float, default=0.8, help='timm --mixup')
+    g.add_argument('--cutmix', type=float, default=1.0, help='timm --cutmix')
+    g.add_argument('--smoothing', type=float, default=0.1, help='label smoothing (timm --smoothing)')
     g.add_argument('--max-image-pixels', type=int, default=MAX_IMAGE_PIXELS,
                    help='skip (and count) images larger than this many pixels instead of decoding them')
 
@@ -221,11 +239,12 @@ _RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr
            ('save_every_steps', 0, True), ('log_every', 1, True), ('nodes', 1, True), ('gpus_per_node', 0, True),
            ('tasks_per_node', 1, True), ('cpus_per_task', 1, True), ('timeout_min', 1, True),
            ('num_classes', 1, True), ('img_size', 1, True), ('max_image_pixels', 1, True), ('crop_pct', 0, False),
-           ('clip_grad', 0, False), ('color_jitter', 0, True), ('tau_ramp_epochs', 0, True))
+           ('clip_grad', 0, False), ('color_jitter', 0, True), ('tau_ramp_epochs', 0, True), ('hflip', 0, True),
+           ('aug_repeats', 1, True))
 
 
 # (flag, the largest value allowed, whether that value itself is allowed): probabilities and rates
-_UPPER = (('smoothing', 1, False), ('reprob', 1, True), ('drop_path', 1, False), ('mixup', 1, True),
+_UPPER = (('smoothing', 1, False), ('reprob', 1, True), ('hflip', 1, True), ('drop_path', 1, False), ('mixup', 1, True),
           ('cutmix', 1, True), ('crop_pct', 1, True), ('ema_decay', 1, False))
 
 
@@ -259,6 +278,10 @@ def _check_values(args: argparse.Namespace) -> None:
         raise ConfigError(f'--opt-betas {" ".join(map(str, args.opt_betas))}: each beta must be in [0, 1).')
     if not 0 < args.scale[0] <= args.scale[1] <= 1:
         raise ConfigError(f'--scale {args.scale[0]} {args.scale[1]}: pass MIN MAX with 0 < MIN <= MAX <= 1.')
+    if not 0 < args.ratio[0] <= args.ratio[1] or not all(map(math.isfinite, args.ratio)):
+        raise ConfigError(f'--ratio {args.ratio[0]} {args.ratio[1]}: pass MIN MAX with 0 < MIN <= MAX, '
+                          f'e.g. 0.75 1.333.')
+    _check_data_config(args, model)
     if args.initial_checkpoint and not Path(args.initial_checkpoint).is_file():
         raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
     if args.compile_mode != 'default' and not args.compile:
@@ -286,6 +309,38 @@ def _check_model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
+def _resolved(args: argparse.Namespace, model: torch.nn.Module) -> dict:
+    """The model's data config as validate.py resolves it (timm's resolve_data_config), with the
+    job's --img-size and --crop-pct over the model's."""
+    from timm.data import resolve_data_config
+    img_size = args.img_size or (model.patch_embed.img_size[0] if hasattr(model, 'patch_embed') else None)
+    return resolve_data_config(dict(img_size=img_size, crop_pct=args.crop_pct), model=model)
+
+
+def _check_data_config(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """The evaluation transform is timm's for the model's data config: a config ours does not do is refused."""
+    cfg = _resolved(args, model)
+    if cfg['interpolation'] not in ('bicubic', 'bilinear') or cfg.get('crop_mode', 'center') != 'center' \
+            or cfg['input_size'][1] != cfg['input_size'][2]:
+        raise ConfigError(f'--model {args.model} is evaluated with {cfg["interpolation"]} resizing, crop mode '
+                          f'{cfg.get("crop_mode")} at {cfg["input_size"][1:]}; the job evaluates square inputs, '
+                          f'bicubic or bilinear, centre crop: use a model with such a data config.')
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """The loader's plain values from the job's checked flags, the recipe resolved for the model as
+    validate.py resolves it; colour jitter is off while RandAugment is on, as in timm."""
+    import timm
+    kwargs = dict(args.model_kwargs, **({'img_size': args.img_size} if args.img_size else {}))
+    cfg = _resolved(args, timm.create_model(args.model, device='meta', **kwargs))
+    recipe = Recipe(img_size=cfg['input_size'][-1], crop_pct=cfg['crop_pct'], interpolation=cfg['interpolation'],
+                    mean=tuple(cfg['mean']), scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip,
+                    train_interpolation=args.train_interpolation, rand_augment=args.rand_augment,
+                    color_jitter=0.0 if args.rand_augment else args.color_jitter, aug_repeats=args.aug_repeats)
+    return DataConfig(root=args.data_dir, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                      recipe=recipe, max_pixels=args.max_image_pixels, shuffle_buffer=SHUFFLE_BUFFER)
+
+
 def job_args(**values) -> argparse.Namespace:
     """The job's flags with their defaults, `values` over them, checked as parse_args checks them:
     how benchmarks and tests speak the job's schema without a command line."""
@@ -296,7 +351,8 @@ def job_args(**values) -> argparse.Namespace:
         raise ConfigError(f'unknown job flag(s) {", ".join(unknown)}: use the flags\' names with underscores.')
     args = parser.parse_args([])
     for key, value in values.items():
-        setattr(args, key, tuple(value) if isinstance(value, list) and key in ('scale', 'opt_betas') else value)
+        pair = isinstance(value, list) and key in ('scale', 'ratio', 'opt_betas')
+        setattr(args, key, tuple(value) if pair else value)
     _check_values(args)
     return args
 

@@ -1,4 +1,5 @@
-"""Streaming loader over WebDataset shards (docs/design.md, "Shards and the loader"): `build_loader(root, split, ...)`.
+"""Streaming loader over WebDataset shards (docs/design.md, "Shards and the loader"):
+`build_loader(data, split, training)`, `data` a DataConfig (config.data_config makes the job's).
 
 Training: the shard list is shuffled per epoch with a seed every rank shares, then split over
 ranks × workers; samples are shuffled in a buffer; every rank yields the same number of full
@@ -12,17 +13,27 @@ With at least ranks × workers shards, each (rank, worker) reads whole shards, d
 sample counts are balanced (each next shard to the slot with the fewest samples); with fewer, each
 reads all of them and keeps every (ranks · workers)-th sample, so no worker is ever left without data.
 
-Images are decoded to uint8 RGB in the workers, augmented there (transforms.py), and handed over as
-uint8; `normalize_batch` turns a batch into the model's normalised float input on its device. Bad
-data (a corrupt JPEG, a sample without a label, a truncated tar) is skipped with a counted warning.
+Repeated augmentation (`Recipe.aug_repeats` N > 1, DeiT's): each decoded sample gives N items in a
+row, each augmented with its own draws, so an epoch of the same length holds about 1/N of the
+images N times each and decodes 1/N as many JPEGs. The copies stay on one rank, mostly in one batch;
+DeiT's sampler sends them to N ranks. Either way they fall in one global step, and only batch
+statistics (BatchNorm, which a ViT does not have) tell the two apart.
+
+Images are decoded to uint8 RGB in the workers, augmented there (transforms.py: each batch's
+samples draw from the batch's own generator), and handed over as uint8; `normalize_batch` turns a
+batch into the model's normalised float input on its device. Bad data (a corrupt JPEG, a sample
+without a label, a truncated tar) is skipped with a counted warning.
 """
 import atexit
 import json
 import math
+import mmap
 import multiprocessing
+import os
 import random
 import signal
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -31,9 +42,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import DataError
-from .transforms import MAX_IMAGE_PIXELS, build_eval_transform, build_train_transform, decode_rgb, seed_transform
+from .transforms import EvalTransform, Recipe, TrainTransform, batch_rng, decode_rgb
 
-__all__ = ['DataError', 'read_info', 'ShardStream', 'build_loader']
+__all__ = ['DataError', 'DataConfig', 'read_info', 'ShardStream', 'build_loader']
 
 
 def read_info(root: str) -> Dict:
@@ -80,8 +91,30 @@ def _ustar_members(url: str) -> Iterator[Dict]:
     """The regular files of a plain tar (what make_shards writes), read in one go and parsed without
     tarfile: ~10x less time per member, a third of the per-image cost otherwise. Members are yielded
     as webdataset's tar expander yields them; a tar with other member types (PAX, GNU long names)
-    goes through webdataset's own reader; damage raises TarError after the intact members."""
-    data = Path(url).read_bytes()
+    goes through webdataset's own reader; damage raises TarError after the intact members. The file
+    is mapped, not read: each member is copied out of the page cache once, and the mapping is closed
+    before the first member is handed on (a file truncated later cannot fault the reader)."""
+    with open(url, 'rb') as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b''
+    try:
+        members, problem, pos = _ustar_index(data)
+        contents = [(name, data[offset:offset + size]) for name, offset, size in members or ()]
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+    if members is None:  # PAX or GNU members: webdataset's reader
+        yield from wds.tariterators.tar_file_expander([{'url': url, 'stream': open(url, 'rb')}],
+                                                      handler=wds.reraise_exception, eof_value=None)
+        return
+    for name, content in contents:
+        yield {'fname': name, 'data': content, '__url__': url}
+    if problem:
+        raise TarError(f'{url} {problem} at byte {pos}')
+
+
+def _ustar_index(data) -> Tuple[Optional[List[Tuple[str, int, int]]], Optional[str], int]:
+    """([(member name, offset, size)], what is wrong at the end or None, where): the members of a
+    plain ustar archive, or None for the list when it holds other member types."""
     members, pos, end = [], 0, len(data)
     while True:
         if pos + 512 > end:
@@ -96,9 +129,7 @@ def _ustar_members(url: str) -> Iterator[Dict]:
             break
         kind, size = header[156:157], int(header[124:135].strip(b' \0') or b'0', 8)
         if kind not in (b'0', b'\0', b'5'):
-            yield from wds.tariterators.tar_file_expander([{'url': url, 'stream': open(url, 'rb')}],
-                                                          handler=wds.reraise_exception, eof_value=None)
-            return
+            return None, None, pos
         if pos + 512 + size > end:
             problem = 'ends inside a member'
             break
@@ -107,10 +138,7 @@ def _ustar_members(url: str) -> Iterator[Dict]:
             prefix = header[345:500].rstrip(b'\0').decode()
             members.append((f'{prefix}/{name}' if prefix else name, pos + 512, size))
         pos += 512 + (size + 511) // 512 * 512
-    for name, offset, size in members:
-        yield {'fname': name, 'data': data[offset:offset + size], '__url__': url}
-    if problem:
-        raise TarError(f'{url} {problem} at byte {pos}')
+    return members, problem, pos
 
 
 _ZERO_BLOCK = bytes(512)
@@ -131,29 +159,27 @@ def _tar_samples(handler):
     return lambda sources: wds.tariterators.group_by_keys(expand(sources), handler=handler)
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a run's shards are and how they are read, as plain values that travel to the loader's
+    workers (config.data_config makes it from the job's flags)."""
+    root: str
+    batch_size: int  # per process
+    workers: int  # DataLoader workers per process
+    seed: int
+    recipe: Recipe
+    max_pixels: int  # larger images are skipped (counted), not decoded
+    shuffle_buffer: int  # undecoded training samples shuffled in each worker
+
+
 class ShardStream(IterableDataset):
     """Batches of (uint8 images N×3×H×W, int64 targets) from one split's shards, for one rank."""
 
-    def __init__(self, root: str, split: str, batch_size: int, training: bool, img_size: int = 224,
-                 world_size: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0, crop_pct: float = 0.875,
-                 rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
-                 shuffle_buffer: int = 2048, scale: Tuple[float, float] = (0.08, 1.0),
-                 num_classes: Optional[int] = None, max_pixels: int = MAX_IMAGE_PIXELS):
-        info = read_info(root)
-        if split not in info.get('splits', {}):
-            raise DataError(f"Split {split!r} is not in {Path(root) / '_info.json'} (it has "
-                            f"{', '.join(info.get('splits', {})) or 'none'}): build it with make_shards --split {split}.")
-        entry = info['splits'][split]
-        index = Path(root) / '_info.json'
-        if not isinstance(entry, dict) or not isinstance(entry.get('filenames'), list) or \
-                not isinstance(entry.get('num_samples'), int) or isinstance(entry.get('num_samples'), bool):
-            raise DataError(f'{index} does not list split {split!r} as make_shards writes it (filenames and '
-                            f'num_samples): rebuild the split with make_shards.')
-        if not entry['filenames'] or entry['num_samples'] < 1:
-            raise DataError(f'Split {split!r} of {index} has no samples ({len(entry["filenames"])} shards, '
-                            f'num_samples {entry["num_samples"]}): rebuild it with make_shards from a folder of images.')
-        self.root, self.split, self.training = Path(root), split, training
-        self.num_classes, self.max_pixels = num_classes, max_pixels
+    def __init__(self, data: DataConfig, split: str, training: bool, world_size: int = 1, rank: int = 0,
+                 num_classes: Optional[int] = None):
+        entry = _split_entry(data.root, split)
+        self.data, self.split, self.training, self.num_classes = data, split, training, num_classes
+        self.root = Path(data.root)
         self.files = [self.root / f for f in entry['filenames']]
         missing = [str(f) for f in self.files if not f.is_file()]
         if missing:
@@ -161,19 +187,18 @@ class ShardStream(IterableDataset):
                             f'rebuild the split with make_shards.')
         self.num_samples = int(entry['num_samples'])
         self.lengths = dict(zip(self.files, entry.get('shard_lengths') or [1] * len(self.files)))
-        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
-        self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
+        self.batch_size, self.world_size, self.rank = data.batch_size, world_size, rank
+        self.epoch = 0
         self.num_workers = 0  # the DataLoader's, set by build_loader: evaluation batches are per worker
         self.skip_batches = 0  # training batches of this epoch already consumed (a resumed run)
         if training:
-            self.transform = build_train_transform(img_size, scale=tuple(scale), rand_augment=rand_augment,
-                                                   color_jitter=color_jitter, reprob=reprob, normalize=False)
-            self.batches_per_rank = self.num_samples // (world_size * batch_size)
+            self.transform = TrainTransform(data.recipe)
+            self.batches_per_rank = self.num_samples // (world_size * self.batch_size)
             if self.batches_per_rank == 0:
                 raise DataError(f'{split} has {self.num_samples} samples, fewer than one batch per rank '
-                                f'({world_size} x {batch_size}): lower the batch size.')
+                                f'({world_size} x {self.batch_size}): lower the batch size.')
         else:
-            self.transform = build_eval_transform(img_size, crop_pct, normalize=False)
+            self.transform = EvalTransform(data.recipe)
             self.batches_per_rank = None
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -199,7 +224,7 @@ class ShardStream(IterableDataset):
         """(shards to read, keep every `stride`-th sample, starting at `offset`) for this rank and worker."""
         files = list(self.files)
         if self.training:
-            random.Random(self.seed * 100_003 + self.epoch).shuffle(files)  # the same order on every rank
+            random.Random(self.data.seed * 100_003 + self.epoch).shuffle(files)  # the same order on every rank
         slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
         if len(files) < slots:
             return files, slots, slot
@@ -232,14 +257,15 @@ class ShardStream(IterableDataset):
         if stride > 1:
             stages.append(keep_slice)
         if rng is not None:
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 256), rng=rng))
+            buffer = self.data.shuffle_buffer
+            stages.append(wds.shuffle(buffer, initial=min(buffer, 256), rng=rng))
         stages.append(labelled)
         return wds.DataPipeline(*stages)
 
     def _decode(self, sample, counter: _Counter):
-        """(augmented uint8 image, label), or None for a sample that does not decode (counted)."""
+        """(decoded uint8 image, label), or None for a sample that does not decode (counted)."""
         try:
-            image = decode_rgb(sample['jpg'], self.max_pixels)
+            image = decode_rgb(sample['jpg'], self.data.max_pixels)
             label = int(sample['cls'])
         except Exception as e:  # noqa: BLE001 - any bad sample is skipped and counted
             counter.warn('corrupt', f'{Path(sample.get("__url__", "?")).name}: sample {sample["__key__"]} could '
@@ -250,7 +276,7 @@ class ShardStream(IterableDataset):
             raise DataError(f'{Path(sample.get("__url__", "?")).name}: sample {sample["__key__"]} has label {label}, '
                             f'outside the {self.num_classes} classes of the model: rebuild the shards or fix '
                             f'--num-classes.')
-        return self.transform(image=image)['image'], label
+        return image, label
 
     @staticmethod
     def _batch(items) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -264,64 +290,87 @@ class ShardStream(IterableDataset):
             out[i] = im
         return images.permute(0, 3, 1, 2), torch.tensor([t for _, t in items], dtype=torch.int64)
 
-    def _seed_batch(self, index: int) -> None:
-        """Augmentation of training batch `index` (of this rank and epoch) from its own seed: the same
-        whatever the number of workers, different for every worker, and a resumed epoch can skip
-        batches without replaying the augmentation random stream."""
-        seed_transform(self.transform, self.seed, self.epoch, self.rank, index)
+    def _batch_rng(self, index: int) -> random.Random:
+        """The augmentation generator of training batch `index` (of this rank and epoch): the same
+        whatever the number of workers, different for every batch, and a resumed epoch can skip
+        batches without replaying it."""
+        return batch_rng(self.data.seed, self.epoch, self.rank, index)
 
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        counter = _Counter()
-        if not self.training:
-            files, stride, offset = self._assignment(worker, num_workers)
-            batch = []
-            seed_transform(self.transform, self.seed, 0, self.rank, worker)  # evaluation is deterministic anyway
-            for sample in self._pipeline(files, stride, offset, counter):
-                item = self._decode(sample, counter)
-                if item is not None:
-                    batch.append(item)
-                if len(batch) == self.batch_size:
-                    yield self._batch(batch)
-                    batch = []
-            if batch:
-                yield self._batch(batch)
+        if self.training:
+            yield from self._training_batches(worker, num_workers)
             return
-        # The DataLoader takes batch i from worker i % num_workers, so (role) worker r makes batches
-        # r + j·num_workers of the epoch. Resumed after k batches, the DataLoader starts again at worker 0:
-        # worker w then plays role (w + k) % num_workers and skips that role's batches below k.
+        counter, batch = _Counter(), []
+        files, stride, offset = self._assignment(worker, num_workers)
+        for sample in self._pipeline(files, stride, offset, counter):
+            item = self._decode(sample, counter)
+            if item is not None:
+                batch.append((self.transform(item[0]), item[1]))
+            if len(batch) == self.batch_size:
+                yield self._batch(batch)
+                batch = []
+        if batch:
+            yield self._batch(batch)
+
+    def _training_batches(self, worker: int, num_workers: int):
+        """This worker's share of the epoch's batches. The DataLoader takes batch i from worker
+        i % num_workers, so (role) worker r makes batches r + j·num_workers of the epoch. Resumed after
+        k batches, the DataLoader starts again at worker 0: worker w then plays role
+        (w + k) % num_workers and skips that role's batches below k, reading but not decoding them.
+        With --aug-repeats N each decoded sample gives N consecutive items, each augmented anew."""
+        counter, repeats, bs = _Counter(), self.data.recipe.aug_repeats, self.batch_size
         role = (worker + self.skip_batches) % num_workers
         files, stride, offset = self._assignment(role, num_workers)
         quota = self.batches_per_rank // num_workers + (role < self.batches_per_rank % num_workers)
-        skip = max(0, -(-(self.skip_batches - role) // num_workers))
-        rng = random.Random(((self.seed * 100_003 + self.epoch) * 1_009 + self.rank) * 1_009 + role)
-        batch, made, skipped = [], 0, 0
-        self._seed_batch(role + skip * num_workers)
-        while made < quota:
+        skip = max(0, -(-(self.skip_batches - role) // num_workers)) * bs  # items of this role already trained
+        rng = random.Random(((self.data.seed * 100_003 + self.epoch) * 1_009 + self.rank) * 1_009 + role)
+        batch, pos, augment = [], 0, None  # pos: items of this role made or skipped so far
+        while pos < quota * bs:
             got = 0
             for sample in self._pipeline(files, stride, offset, counter, rng):
                 got += 1
-                if made < skip:  # resuming mid-epoch: consume the batch's samples without decoding them
-                    skipped += 1
-                    if skipped == self.batch_size:
-                        made, skipped = made + 1, 0
-                        if made == skip:
-                            self._seed_batch(role + made * num_workers)
+                if pos + repeats <= skip:  # every copy already trained on: read, not decoded
+                    pos += repeats
                     continue
                 item = self._decode(sample, counter)
                 if item is None:
                     continue
-                batch.append(item)
-                if len(batch) == self.batch_size:
-                    yield self._batch(batch)
-                    batch, made = [], made + 1
-                    if made == quota:
-                        return
-                    self._seed_batch(role + made * num_workers)
+                for _ in range(repeats):
+                    if pos < skip:
+                        pos += 1
+                        continue
+                    if not batch:
+                        augment = self._batch_rng(role + pos // bs * num_workers)
+                    batch.append((self.transform(item[0], augment), item[1]))
+                    pos += 1
+                    if len(batch) == bs:
+                        yield self._batch(batch)
+                        batch = []
+                        if pos == quota * bs:
+                            return
             if got == 0:
                 raise DataError(f'rank {self.rank} worker {worker} found no readable samples in its shards')
             rng.shuffle(files)  # a short share starts again, in another order
+
+
+def _split_entry(root: str, split: str) -> Dict:
+    """The split's entry of ROOT/_info.json, checked to be as make_shards writes it."""
+    info = read_info(root)
+    index = Path(root) / '_info.json'
+    if split not in info.get('splits', {}):
+        raise DataError(f"Split {split!r} is not in {index} (it has "
+                        f"{', '.join(info.get('splits', {})) or 'none'}): build it with make_shards --split {split}.")
+    entry = info['splits'][split]
+    if not isinstance(entry, dict) or not isinstance(entry.get('filenames'), list) or \
+            not isinstance(entry.get('num_samples'), int) or isinstance(entry.get('num_samples'), bool):
+        raise DataError(f'{index} does not list split {split!r} as make_shards writes it (filenames and '
+                        f'num_samples): rebuild the split with make_shards.')
+    if not entry['filenames'] or entry['num_samples'] < 1:
+        raise DataError(f'Split {split!r} of {index} has no samples ({len(entry["filenames"])} shards, '
+                        f'num_samples {entry["num_samples"]}): rebuild it with make_shards from a folder of images.')
+    return entry
 
 
 def _ignore_preemption_signals(worker_id: int) -> None:
@@ -352,22 +401,17 @@ def _register_worker_reaper() -> None:
         _reaper_registered = True
 
 
-def build_loader(root: str, split: str, batch_size: int, training: bool, num_workers: int = 4, img_size: int = 224,
-                 world_size: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0, crop_pct: float = 0.875,
-                 rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
-                 pin_memory: bool = False, shuffle_buffer: int = 2048,
-                 scale: Tuple[float, float] = (0.08, 1.0), num_classes: Optional[int] = None,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> DataLoader:
-    """A DataLoader of (uint8 images, targets) batches over `root/_info.json`'s `split`; see the module doc.
+def build_loader(data: DataConfig, split: str, training: bool, *, world_size: int = 1, rank: int = 0,
+                 num_classes: Optional[int] = None, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader of (uint8 images, targets) batches over `data.root/_info.json`'s `split`; see the module doc.
 
     Call `loader.dataset.set_epoch(e)` before each epoch (workers are restarted per epoch); a resumed
     job calls `set_epoch(e, skip_batches=k)` to continue an epoch after its k-th batch.
     """
-    stream = ShardStream(root, split, batch_size, training, img_size, world_size, rank, seed, epoch, crop_pct,
-                         rand_augment, color_jitter, reprob, shuffle_buffer, scale, num_classes, max_pixels)
-    stream.num_workers = num_workers
-    if num_workers:
+    stream = ShardStream(data, split, training, world_size, rank, num_classes)
+    stream.num_workers = data.workers
+    if data.workers:
         _register_worker_reaper()
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None,
-                      worker_init_fn=_ignore_preemption_signals if num_workers else None)
+    return DataLoader(stream, batch_size=None, num_workers=data.workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if data.workers else None,
+                      worker_init_fn=_ignore_preemption_signals if data.workers else None)

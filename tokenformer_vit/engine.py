@@ -104,13 +104,14 @@ def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
 def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
                     schedules: Sequence, loss_fn: Callable, *, device: torch.device, mean, std, step: int, seed: int,
                     rank: int = 0,
-                    amp_dtype: Optional[torch.dtype] = None, scaler=None, mixup=None, ema=None,
+                    amp_dtype: Optional[torch.dtype] = None, scaler=None, erasing=None, mixup=None, ema=None,
                     clip_grad: Optional[float] = None, raw_model: Optional[torch.nn.Module] = None,
                     should_stop: Callable[[], bool] = lambda: False,
                     on_step: Callable[[int, float, float, int], None] = lambda *a: None,
                     mark_cuda_graph_steps: bool = False) -> Dict:
     """Train on `batches` from global step `step`; returns the new step, the mean loss, the images
-    seen by this rank and whether it stopped early for a preemption. Each of `schedules` (the learning
+    seen by this rank and whether it stopped early for a preemption. Each batch is normalised, erased
+    (`erasing`, timm's RandomErasing) and mixed (`mixup`) on the device. Each of `schedules` (the learning
     rate's, a growth's τ ramp) is stepped after every optimizer step. `model` may be wrapped (DDP,
     torch.compile); `raw_model` is the module the EMA follows. `mark_cuda_graph_steps`: the model
     replays CUDA graphs (torch.compile's reduce-overhead), so each step is marked as a new one."""
@@ -120,6 +121,8 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
         seed_step(seed, rank, step)
         x = normalize_batch(x.to(device, non_blocking=True), mean, std).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
+        if erasing is not None:  # timm's order: erase the normalised images, then mix them
+            x = erasing(x)
         if mixup is not None:
             x, y = mixup(x, y)
         if mark_cuda_graph_steps:

@@ -1,7 +1,7 @@
 """Write an image-folder data set as WebDataset tar shards that timm's `wds/` reader reads as they are.
 
     python -m tokenformer_vit.make_shards --input DIR --split {train,validation} --output ROOT \\
-        [--class-list FILE] [--shard-size 1024] [--max-side 512] [--workers N] [--name NAME]
+        [--class-list FILE] [--shard-size 1024] [--max-side N] [--workers N] [--name NAME]
     python -m tokenformer_vit.make_shards --input fashion-mnist --split train --output ROOT
     python -m tokenformer_vit.make_shards --input cifar10 --split validation --output ROOT
 
@@ -9,9 +9,11 @@ DIR holds one folder per class; the class index is the folder's rank in sorted o
 in --class-list (e.g. the 1,000 ImageNet synsets in class-index order). Each sample is KEY.jpg,
 KEY.cls (the index as ASCII) and KEY.json (original file name, class name), with keys free of dots.
 Samples are shuffled once (fixed seed) before sharding, so that a shard mixes classes. The split is
-merged into ROOT/_info.json (docs/design.md, "Shards and the loader"). JPEGs that need no resizing are stored byte for byte;
-other images are converted to 8-bit RGB (16-bit, 32-bit and float pixels scaled, not clipped), resized
-so the longer side is at most --max-side, and encoded at quality 95. An unreadable image, or a dangling
+merged into ROOT/_info.json (docs/design.md, "Shards and the loader"), with its --max-side. JPEGs are
+stored byte for byte (EXIF and all: neither the loader nor timm applies EXIF orientation), unless
+--max-side is given and their longer side is above it; other images, and those, are converted to
+8-bit RGB (16-bit, 32-bit and float pixels scaled, not clipped), resized so the longer side is at
+most --max-side, and encoded at quality 95. An unreadable image, or a dangling
 link, is skipped, named and counted. A rebuild writes a new generation of shards beside the old and
 switches over by replacing _info.json, so a killed or repeated run leaves either the old set or the
 new one, never half a file or a mix.
@@ -78,21 +80,22 @@ def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[Li
     return items, classes
 
 
-def encode_sample(source, max_side: int, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
-    """JPEG bytes for one image: the original bytes when they can stay, else RGB, resized, quality 95.
-    An image of more than `max_pixels` pixels is refused before it is decoded."""
+def encode_sample(source, max_side: Optional[int] = None, max_pixels: int = MAX_IMAGE_PIXELS) -> bytes:
+    """JPEG bytes for one image: a JPEG's original bytes unless its longer side is above `max_side`;
+    other images (and those) as 8-bit RGB, resized to `max_side` if given, quality 95. An image of
+    more than `max_pixels` pixels is refused before it is decoded."""
     raw = source.read_bytes() if isinstance(source, Path) else None
     with warnings.catch_warnings():  # PIL's own bomb warning: max_pixels decides
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(raw)) if raw is not None else source
-    fmt, mode, size = img.format, img.mode, img.size
+    fmt, size = img.format, img.size
     if size[0] * size[1] > max_pixels:
         raise ImageTooLarge(f'{size[0]}x{size[1]} pixels, above the limit of {max_pixels}')
     img.load()  # decode fully: a truncated or corrupt file fails here, not in training
-    if raw is not None and fmt == 'JPEG' and mode in ('RGB', 'L') and max(size) <= max_side:
-        return raw
+    if raw is not None and fmt == 'JPEG' and (max_side is None or max(size) <= max_side):
+        return raw  # the photograph as it is: the loader and timm decode it with PIL's conversion to RGB
     img = to_rgb8(img)
-    if max(size) > max_side:
+    if max_side is not None and max(size) > max_side:
         scale = max_side / max(size)
         img = img.resize((max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), Image.BICUBIC)
     out = io.BytesIO()
@@ -172,7 +175,7 @@ def _recorded_classes(info_path: Path, split: str) -> Optional[List[str]]:
 
 
 def make_shards(input: str, split: str, output: os.PathLike, class_list: Optional[os.PathLike] = None,
-                shard_size: int = 1024, max_side: int = 512, workers: int = 1, name: Optional[str] = None,
+                shard_size: int = 1024, max_side: Optional[int] = None, workers: int = 1, name: Optional[str] = None,
                 seed: int = 0, progress: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Dict:
     """Write `split` of an image folder (or an EMBEDDED data set) as shards under `output`; returns its _info entry.
 
@@ -197,7 +200,8 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
 
 
 def _write_split(root: Path, name: str, split: str, items: List[Item], classes: List[str], input: str,
-                 shard_size: int, max_side: int, workers: int, seed: int, progress: bool, max_pixels: int) -> Dict:
+                 shard_size: int, max_side: Optional[int], workers: int, seed: int, progress: bool,
+                 max_pixels: int) -> Dict:
     random.Random(seed).shuffle(items)
     items = [(f'{split}_{i:08d}', label, cname, src, fname) for i, (_, label, cname, src, fname) in enumerate(items)]
     # A rebuild writes a new generation of shards beside the old, whose names it never reuses, and
@@ -219,7 +223,7 @@ def _write_split(root: Path, name: str, split: str, items: List[Item], classes: 
                          f'written.')
     entry = dict(name=split, num_samples=sum(results.values()), filenames=filenames,
                  shard_lengths=[results[f] for f in filenames], num_classes=len(classes), skipped=len(skipped),
-                 generation=generation)
+                 generation=generation, max_side=max_side)
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     info['name'] = name
     info.setdefault('splits', {})[split] = entry
@@ -248,12 +252,12 @@ def _remove_ours(root: Path, name: str, split: str, keep: set) -> None:
             path.unlink(missing_ok=True)
 
 
-def _check_request(input: str, split: str, root: Path, name: Optional[str], shard_size: int, max_side: int,
+def _check_request(input: str, split: str, root: Path, name: Optional[str], shard_size: int, max_side: Optional[int],
                    max_pixels: int, workers: int) -> str:
     """Refuse what cannot be built, before anything is written; returns the data set's name."""
     if split not in SPLITS:
         raise ShardError(f"Unknown split {split!r}: use 'train' or 'validation'.")
-    if shard_size < 1 or max_side < 1 or max_pixels < 1 or workers < 1:
+    if shard_size < 1 or (max_side is not None and max_side < 1) or max_pixels < 1 or workers < 1:
         raise ShardError('--shard-size, --max-side, --max-image-pixels and --workers must be positive.')
     if root.exists() and not root.is_dir():
         raise ShardError(f'--output {root} is a file: pass a folder for the shards.')
@@ -262,9 +266,10 @@ def _check_request(input: str, split: str, root: Path, name: Optional[str], shar
         if target == source or source in target.parents:
             raise ShardError(f'--output {root} is inside --input {input}: it would become a class of its own; '
                              f'write the shards outside the image folder.')
-    name = name or root.resolve().name
-    if '.' in name or '-' in name:
-        raise ShardError(f'Data set name {name!r} may not contain dots or dashes: pass --name.')
+    if name is None:  # the folder's name, as a name may be: ROOT imagenet-wds is the data set imagenet_wds
+        name = root.resolve().name.replace('-', '_').replace('.', '_')
+    if '.' in name or '-' in name:  # a shard is NAME-SPLIT-gN-000000.tar: its dashes separate those
+        raise ShardError(f'Data set name {name!r} may not contain dots or dashes: pass --name without them.')
     return name
 
 
@@ -339,9 +344,13 @@ def main(argv=None) -> int:
     parser.add_argument('--output', required=True, help='the shard folder (ROOT); _info.json is merged there')
     parser.add_argument('--class-list', default=None, help='text file: class names in class-index order')
     parser.add_argument('--shard-size', type=int, default=1024)
-    parser.add_argument('--max-side', type=int, default=512, help='resize so the longer side is at most this')
+    parser.add_argument('--max-side', type=int, default=None,
+                        help="re-encode (quality 95) images whose longer side is above this, resized to it; by default "
+                             "every JPEG is stored byte for byte, as timm's validate.py would read the image folder")
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
-    parser.add_argument('--name', default=None, help="the data set's name (default: ROOT's folder name)")
+    parser.add_argument('--name', default=None,
+                        help="the data set's name, for timm's --dataset wds/NAME (default: ROOT's folder name, its "
+                             "dashes and dots made underscores)")
     parser.add_argument('--max-image-pixels', type=int, default=MAX_IMAGE_PIXELS,
                         help='skip (and name) images larger than this many pixels instead of decoding them')
     args = parser.parse_args(argv)

@@ -50,6 +50,7 @@ class RunConfig:
     min_lr: float
     clip_grad: Optional[float]
     smoothing: float
+    reprob: float  # random erasing, on the normalised batch
     mixup: float
     cutmix: float
     ema_decay: float
@@ -189,6 +190,7 @@ class Run:
     std: tuple = (0.229, 0.224, 0.225)
     ema: Optional[torch.nn.Module] = None
     mixup: Optional[Callable] = None
+    erasing: Optional[Callable] = None  # timm's RandomErasing, before mixup
     scaler: Optional[torch.amp.GradScaler] = None
     amp_dtype: Optional[torch.dtype] = None
     rank: int = 0
@@ -258,9 +260,9 @@ def build_run(config: RunConfig, model: torch.nn.Module, num_classes: int, updat
               device: torch.device = torch.device('cpu'), amp: str = 'none', growth_history: Iterable[Dict] = (),
               rank: int = 0, world: int = 1, resume: Optional[Dict] = None, source: str = 'checkpoint') -> Run:
     """A Run of `model`: EMA, optimizer, schedule (ending at the config's epochs, restarted at growths
-    under the 'restart' policy), loss and mixup; continued from `resume` if given. The input is
-    normalised with the model's mean and std (its pretrained_cfg)."""
-    from .transforms import build_mixup
+    under the 'restart' policy), loss, random erasing and mixup; continued from `resume` if given.
+    The input is normalised with the model's mean and std (its pretrained_cfg)."""
+    from .transforms import build_erasing, build_mixup
     model.to(device=device, memory_format=torch.channels_last)
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     ema = None
@@ -278,6 +280,7 @@ def build_run(config: RunConfig, model: torch.nn.Module, num_classes: int, updat
     run = Run(config=config, model=model, optimizer=optimizer, scheduler=scheduler, device=device,
               loss_fn=build_loss(mixup is not None, config.smoothing), updates_per_epoch=updates_per_epoch,
               mean=cfg.get('mean', Run.mean), std=cfg.get('std', Run.std), ema=ema, mixup=mixup,
+              erasing=build_erasing(config.reprob, device),
               scaler=torch.amp.GradScaler('cuda') if amp == 'fp16' else None,
               amp_dtype={'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp],
               rank=rank, world=world, growth_history=list(growth_history))
@@ -324,7 +327,8 @@ def train_epoch(run: Run, batches: Iterable, should_stop: Callable[[], bool] = l
     learning rate and a 'ramp' growth's τ are stepped after every optimizer step."""
     result = train_one_epoch(run.train_model, batches, run.optimizer, (run.scheduler, run.tau_ramp), run.loss_fn,
                              device=run.device, mean=run.mean, std=run.std, step=run.step, seed=run.config.seed,
-                             rank=run.rank, amp_dtype=run.amp_dtype, scaler=run.scaler, mixup=run.mixup, ema=run.ema,
+                             rank=run.rank, amp_dtype=run.amp_dtype, scaler=run.scaler, erasing=run.erasing,
+                             mixup=run.mixup, ema=run.ema,
                              clip_grad=run.config.clip_grad, raw_model=run.model, should_stop=should_stop,
                              on_step=on_step, mark_cuda_graph_steps=run.cuda_graphs)
     run.step = result['step']

@@ -26,8 +26,8 @@ import yaml
 
 from .atomic import atomic_file, save_atomic
 from .checkpoint import read_checkpoint, validate_command
-from .config import plain, run_config
-from .data import build_loader, read_info
+from .config import data_config, plain, run_config
+from .data import DataConfig, build_loader, read_info
 from .distributed import Preemption, leave, on_rank_zero, setup_distributed
 from .engine import evaluate
 from .errors import CheckpointError, ConfigError, UserError
@@ -47,6 +47,7 @@ class Job:
     """What the job knows besides the run: where it writes, its data, its place among the ranks."""
     args: argparse.Namespace
     config: RunConfig
+    data: DataConfig
     out: Path
     rank: int
     world: int
@@ -67,11 +68,14 @@ def setup(args: argparse.Namespace) -> Job:
     every check that can be made before work starts; a refusal releases the folder it claimed."""
     rank, world, device = setup_distributed(args.device)
     amp = args.amp or ('bf16' if device.type == 'cuda' else 'none')
-    job = Job(args, run_config(args), Path(args.output), rank, world, device, amp)
+    job = Job(args, run_config(args), data_config(args), Path(args.output), rank, world, device, amp)
     if job.amp == 'fp16' and device.type != 'cuda':
         raise ConfigError('--amp fp16 needs a CUDA GPU: use --amp bf16 or none on the CPU.')
     if args.pattention_impl == 'fused' and device.type != 'cuda' and not interpreting():
         raise ConfigError(f'--pattention-impl fused runs on CUDA GPUs, not on {device.type}: use auto or torch.')
+    if rank == 0 and args.color_jitter and args.rand_augment:
+        print(f'note: --color-jitter {args.color_jitter} is ignored while RandAugment is on, as in timm '
+              f'(--no-rand-augment to use it)', flush=True)
     job.folder = RunFolder(job.out)
     try:
         on_rank_zero(rank, world, job.folder.claim)
@@ -101,7 +105,7 @@ def _ensure_shards(args, rank: int, world: int) -> None:
             print(f'building {args.shards_from} {split} shards in {root}', flush=True)
             try:
                 make_shards(args.shards_from, split, root, shard_size=2500, workers=max(1, os.cpu_count() or 1),
-                            name=args.shards_from.replace('-', '_'), max_pixels=args.max_image_pixels)
+                            name=args.shards_from.replace('-', '_'), max_side=None, max_pixels=args.max_image_pixels)
             except OSError as e:
                 raise ConfigError(f'cannot write the {args.shards_from} shards to --data-dir {root} ({e.strerror}): '
                                   f'free space there or choose another --data-dir.') from None
@@ -123,20 +127,15 @@ def prepare_data(job: Job) -> None:
                           f'{args.data_dir}: pass at least {data_classes}, or leave it out.')
 
 
-def build_loaders(job: Job, model: torch.nn.Module):
-    """(train loader, validation loader) over the shards, at the model's input size."""
-    args, cfg = job.args, model.pretrained_cfg
-    img_size = args.img_size or model.patch_embed.img_size[0]
-    common = dict(num_workers=args.workers, img_size=img_size, world_size=job.world, rank=job.rank,
-                  pin_memory=job.device.type == 'cuda', num_classes=job.num_classes, max_pixels=args.max_image_pixels)
-    val = build_loader(args.data_dir, args.val_split, args.batch_size, False,
-                       crop_pct=args.crop_pct or cfg.get('crop_pct', 0.875), **common)
+def build_loaders(job: Job):
+    """(train loader, validation loader) over the shards, with the job's recipe."""
+    args = job.args
+    common = dict(world_size=job.world, rank=job.rank, num_classes=job.num_classes,
+                  pin_memory=job.device.type == 'cuda')
+    val = build_loader(job.data, args.val_split, False, **common)
     if args.eval_only:
         return None, val
-    train = build_loader(args.data_dir, args.train_split, args.batch_size, True, seed=args.seed,
-                         rand_augment=args.rand_augment, color_jitter=args.color_jitter, reprob=args.reprob,
-                         scale=tuple(args.scale), **common)
-    return train, val
+    return build_loader(job.data, args.train_split, True, **common), val
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
         prepare_data(job)
         model, history = build_model(job.config, job.num_classes, job.resume, str(job.resume_path),
                                      grow_initial=not args.eval_only)
-        train_loader, val_loader = build_loaders(job, model)
+        train_loader, val_loader = build_loaders(job)
         if args.eval_only:
             return evaluate_only(job, model, val_loader)
         upe = train_loader.dataset.batches_per_rank

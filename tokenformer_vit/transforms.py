@@ -1,185 +1,361 @@
-"""Image decoding and augmentation with albumentations (docs/design.md, "Augmentation").
+"""Decoding and the training recipe's image transforms, equal to timm's (docs/design.md, "Augmentation").
 
-Training: RandomResizedCrop(224, scale=(0.08, 1)), horizontal flip, RandAugment (2 ops, magnitude 9,
-magnitude std 0.5, as timm's `rand-m9-mstd0.5`), optional colour jitter, normalisation with the
-model's mean/std, random erasing (p 0.25). Evaluation: resize the shorter side to 224/crop_pct
-(bicubic), centre crop. Images are decoded to uint8 RGB with OpenCV's libjpeg-turbo decoder (the
-fastest measured here, see bench_data.py); greyscale and CMYK JPEGs come out as RGB too.
+The paper trains with MAE's recipe, which is timm's `create_transform(224, is_training=True,
+auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic', re_prob=0.25, re_mode='pixel',
+re_count=1)`; it evaluates with `resize(floor(224 / crop_pct))` and a centre crop. Each piece here
+is held against timm's own function in tests/test_transforms.py:
 
-RandAugment is built from albumentations ops; each op is applied with probability 0.5 at a
-magnitude m' ~ N(9, 0.5) clipped to [0, 10], mapped as in timm's `auto_augment.py`:
+- decoding: `decode_rgb` gives the pixels of `PIL.Image.open(f).convert('RGB')` (EXIF orientation
+  is not applied, as PIL does not apply it), through OpenCV's faster decoder where the two agree;
+- evaluation: timm's resize and centre crop themselves (torchvision's functions on a PIL image);
+- RandomResizedCrop: timm's box (`rrc_box`), resized by torchvision's antialiased filter on uint8
+  tensors, PIL's algorithm in 16-bit fixed point (timm resizes PIL images in 22-bit): 4x faster than
+  PIL here, within 0.25 of its pixels on average;
+- RandAugment: timm's 15 'increasing' ops, with timm's magnitude mappings, each through the PIL
+  function that timm calls (`apply_op`);
+- random erasing and Mixup/CutMix: timm's own classes, on the normalised batch on the device
+  (`build_erasing`, `build_mixup`; engine.train_one_epoch).
 
-    op             albumentations                         magnitude m' in [0, 10] ->
-    AutoContrast   AutoContrast                           -
-    Equalize       Equalize                               -
-    Invert         InvertImg                              -
-    Rotate         Affine(rotate)                         ±30·m'/10 degrees
-    Posterize      Posterize(num_bits)                    4 + (10 - m')·4/10 bits, rounded (timm 'increasing')
-    Solarize       Solarize(threshold)                    (256 - 256·m'/10)/255 of the range
-    SolarizeAdd    (numpy) add 110·m'/10 below 128       +110·m'/10 to pixels < 128
-    Color          ColorJitter(saturation)                factor 1 ± 0.9·m'/10
-    Contrast       RandomBrightnessContrast(contrast)     factor 1 ± 0.9·m'/10
-    Brightness     RandomBrightnessContrast(brightness)   factor 1 ± 0.9·m'/10
-    Sharpness      Sharpen(alpha)                         blend 0.9·m'/10
-    ShearX/Y       Affine(shear)                          ±0.3·m'/10 (as a slope: atan in degrees)
-    TranslateX/Y   Affine(translate_percent)              ±0.45·m'/10 of the side
-
-Albumentations does not reseed forked workers: `seed_transform` does it, per batch, from the
-loader's seed, the epoch, the rank and the batch, so no two workers repeat each other's augmentations.
+Every random choice of a sample (its crop, interpolation, flip, RandAugment ops, magnitudes and
+signs, colour jitter) is drawn in that order from one generator per batch (`batch_rng`), seeded from
+the loader's seed, the epoch, the rank and the batch, so the transforms of a sample are independent
+of each other and a resumed epoch draws what the uninterrupted one drew.
 """
 import math
+import random
 import warnings
-from typing import Sequence, Tuple
+from dataclasses import dataclass
+from io import BytesIO
+from typing import List, Optional, Sequence, Tuple
 
-import albumentations as A
 import cv2
 import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageOps
 
-__all__ = ['decode_rgb', 'RandAugment', 'build_train_transform', 'build_eval_transform', 'normalize_batch',
-           'build_mixup', 'seed_transform']
+__all__ = ['Recipe', 'decode_rgb', 'ImageTooLarge', 'MAX_IMAGE_PIXELS', 'INTERPOLATIONS', 'RA_OPS', 'apply_op',
+           'RandAugment', 'rrc_box', 'resized_crop', 'TrainTransform', 'EvalTransform', 'batch_rng',
+           'normalize_batch', 'build_erasing', 'build_mixup']
 
 cv2.setNumThreads(1)  # one decoding thread per DataLoader worker
-
-
-_IMREAD_RGB = getattr(cv2, 'IMREAD_COLOR_RGB', None)  # OpenCV >= 4.10 decodes straight to RGB
-
 
 # PIL's own warning threshold: above it an image is refused rather than decoded (a few hundred bytes
 # of JPEG can claim 12000 x 12000 pixels, 430 MB once decoded)
 MAX_IMAGE_PIXELS = 89_478_485
+
+INTERPOLATIONS = ('bicubic', 'bilinear', 'random')  # timm's --train-interpolation choices we support
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The input pipeline of a run, as plain values that travel to the loader's workers; made from the
+    job's flags by config.data_config, with the model's data config (input size, crop_pct,
+    interpolation, mean, std) resolved by timm's resolve_data_config, as validate.py resolves it.
+    Random erasing, Mixup and CutMix act on the batch on the device: they are the run's (RunConfig)."""
+    img_size: int
+    crop_pct: float  # evaluation: shorter side to floor(img_size / crop_pct), centre crop
+    interpolation: str  # evaluation resize, the model's (timm's validate.py --interpolation)
+    mean: Tuple[float, ...]  # the model's: RandAugment fills with round(255 * mean), as timm
+    scale: Tuple[float, float]  # RandomResizedCrop's area range (timm --scale)
+    ratio: Tuple[float, float]  # and its aspect range (timm --ratio)
+    hflip: float  # timm --hflip
+    train_interpolation: str  # RandomResizedCrop and RandAugment's geometric ops (timm --train-interpolation)
+    rand_augment: bool  # timm --aa rand-m9-mstd0.5-inc1
+    color_jitter: float  # timm --color-jitter (0 when RandAugment is on, as timm)
+    aug_repeats: int  # augmented copies of each decoded sample (timm --aug-repeats, DeiT's repeated augmentation)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decoding
 
 
 class ImageTooLarge(ValueError):
     """An image whose header claims more pixels than the decoder is allowed to allocate."""
 
 
+_CV2_FLAGS = getattr(cv2, 'IMREAD_COLOR_RGB', cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def jpeg_frame(data: bytes) -> Optional[Tuple[int, int, int]]:
+    """(height, width, components) from a JPEG's frame header, or None for anything else: the
+    markers are walked without decoding (a twentieth of PIL's header parse)."""
+    if data[:2] != b'\xff\xd8':
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF:
+            if pos + 10 > end:
+                return None
+            height, width = int.from_bytes(data[pos + 5:pos + 7], 'big'), int.from_bytes(data[pos + 7:pos + 9], 'big')
+            return height, width, data[pos + 9]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], 'big')
+    return None
+
+
 def decode_rgb(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """JPEG (or any image) bytes to an H×W×3 uint8 RGB array; greyscale and CMYK become RGB.
+    """Image bytes to the H×W×3 uint8 array of `PIL.Image.open(...).convert('RGB')`, as timm decodes.
 
     The header is read first, and an image of more than `max_pixels` pixels is refused
-    (ImageTooLarge) before anything is allocated for it."""
-    from io import BytesIO
-    from PIL import Image
+    (ImageTooLarge) before anything is allocated for it. Greyscale and YCbCr (or RGB) JPEGs are
+    decoded by OpenCV (libjpeg-turbo, the same pixels, 1.15x faster), told to ignore EXIF
+    orientation as PIL does; every other image (CMYK JPEGs, PNG, ...) by PIL itself."""
+    frame = jpeg_frame(data)
+    if frame is not None and frame[2] in (1, 3) and 0 < frame[0] * frame[1] <= max_pixels:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS)
+        if img is not None and img.shape[:2] == frame[:2]:
+            return img if hasattr(cv2, 'IMREAD_COLOR_RGB') else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     with warnings.catch_warnings():  # PIL's own bomb warning: the limit here decides
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        with Image.open(BytesIO(data)) as probe:  # reads the header only
-            width, height = probe.size
-    if width * height > max_pixels:
-        raise ImageTooLarge(f'{width}x{height} pixels, above the limit of {max_pixels}')
-    buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, _IMREAD_RGB) if _IMREAD_RGB is not None else cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if img is None:
-        return np.asarray(Image.open(BytesIO(data)).convert('RGB'))  # raises on a corrupt image
-    return img if _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        with Image.open(BytesIO(data)) as img:  # reads the header only
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(f'{width}x{height} pixels, above the limit of {max_pixels}')
+            return np.array(img.convert('RGB'))  # raises on a corrupt image
 
 
-def _solarize_add(img: np.ndarray, add: int) -> np.ndarray:
-    out = img.astype(np.int16)
-    out = np.where(img < 128, np.minimum(out + add, 255), out)
-    return out.astype(np.uint8)
+# ----------------------------------------------------------------------------------------------------------------
+# resizing: PIL's antialiased filters, on uint8 tensors
 
 
-class RandAugment(A.ImageOnlyTransform):
-    """timm's RandAugment (rand-mM-nN-mstdS) from albumentations ops; see the module docstring."""
+def _mode(interpolation: str):
+    from torchvision.transforms import InterpolationMode
+    return {'bicubic': InterpolationMode.BICUBIC, 'bilinear': InterpolationMode.BILINEAR}[interpolation]
 
-    OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd', 'Color',
-           'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
 
-    def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5,
-                 op_prob: float = 0.5, fill: Sequence[int] = (124, 116, 104), p: float = 1.0):
-        super().__init__(p=p)
+def rrc_box(rng: random.Random, height: int, width: int, scale: Tuple[float, float],
+            ratio: Tuple[float, float]) -> Tuple[int, int, int, int]:
+    """(top, left, height, width) of a RandomResizedCrop box, drawn as timm's
+    RandomResizedCropAndInterpolation.get_params draws it: ten tries of an area and a log-uniform
+    aspect, then the largest centred box within the aspect range."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+        if w <= width and h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    aspect = width / height
+    w, h = width, height
+    if aspect < min(ratio):
+        h = int(round(w / min(ratio)))
+    elif aspect > max(ratio):
+        w = int(round(h * max(ratio)))
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resized_crop(img: np.ndarray, box: Tuple[int, int, int, int], size: int,
+                 interpolation: str = 'bicubic') -> np.ndarray:
+    """The box (top, left, height, width) of an H×W×3 uint8 image, resized to size × size as timm's
+    RandomResizedCrop resizes it (PIL's antialiased filter), by PyTorch's uint8 kernel: given the
+    crop in channels-last memory it runs its vectorised path and returns H×W×3 memory, which the
+    batch then copies as it is (a channels-first result would cost a transposing copy as long)."""
+    top, left, h, w = box
+    crop = img[top:top + h, left:left + w]
+    crop = torch.from_numpy(crop if crop.flags.writeable else crop.copy()).permute(2, 0, 1).unsqueeze(0)
+    crop = crop.contiguous(memory_format=torch.channels_last)
+    out = torch.nn.functional.interpolate(crop, size=(size, size), mode=interpolation, antialias=True)
+    return out[0].permute(1, 2, 0).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RandAugment, timm's 'rand-mM-mstdS-inc1'
+
+RA_OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd', 'Color',
+          'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
+# timm's names: the 'increasing' variants (PosterizeIncreasing, ...) and relative translations (TranslateXRel)
+_ENHANCE = dict(Color=ImageEnhance.Color, Contrast=ImageEnhance.Contrast, Brightness=ImageEnhance.Brightness,
+                Sharpness=ImageEnhance.Sharpness)
+_RESAMPLE = dict(bicubic=Image.BICUBIC, bilinear=Image.BILINEAR)
+
+
+def _affine(img: Image.Image, matrix, fill, resample) -> Image.Image:
+    # PIL maps each output pixel through `matrix` to the input: shears act about the top-left corner
+    return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
+
+
+def _pil_op(img: Image.Image, name: str, magnitude: float, sign: int, fill, resample) -> Image.Image:
+    """One op at `magnitude` (0-10; level = magnitude / 10) on a PIL image, parameters as timm maps them."""
+    level = magnitude / 10.0
+    if name == 'AutoContrast':
+        return ImageOps.autocontrast(img)
+    if name == 'Equalize':
+        return ImageOps.equalize(img)
+    if name == 'Invert':
+        return ImageOps.invert(img)
+    if name == 'Rotate':  # ±30 degrees
+        return img.rotate(sign * (level * 30.0), resample=resample, fillcolor=fill)
+    if name == 'Posterize':  # keep 4 down to 0 bits; at least 1 (Pillow refuses 0, which blanked the image)
+        return ImageOps.posterize(img, max(1, 4 - int(level * 4)))
+    if name == 'Solarize':  # invert pixels at or above 256 down to 0
+        return ImageOps.solarize(img, 256 - min(256, int(level * 256)))
+    if name == 'SolarizeAdd':  # add up to 110 to pixels below 128
+        add = min(128, int(level * 110))
+        return img.point([min(255, i + add) if i < 128 else i for i in range(256)] * len(img.getbands()))
+    if name in _ENHANCE:  # blend factor 1 ± 0.9, at least 0.1
+        return _ENHANCE[name](img).enhance(max(0.1, 1.0 + sign * (level * 0.9)))
+    if name == 'ShearX':  # ±0.3
+        return _affine(img, (1, sign * (level * 0.3), 0, 0, 1, 0), fill, resample)
+    if name == 'ShearY':
+        return _affine(img, (1, 0, 0, sign * (level * 0.3), 1, 0), fill, resample)
+    if name == 'TranslateX':  # ±0.45 of the side
+        return _affine(img, (1, 0, sign * (level * 0.45) * img.size[0], 0, 1, 0), fill, resample)
+    if name == 'TranslateY':
+        return _affine(img, (1, 0, 0, 0, 1, sign * (level * 0.45) * img.size[1]), fill, resample)
+    raise ValueError(f'unknown RandAugment op {name!r}: use one of {", ".join(RA_OPS)}')
+
+
+def apply_op(img: np.ndarray, name: str, magnitude: float, sign: int = 1,
+             fill: Sequence[int] = (124, 116, 104), interpolation: str = 'bicubic') -> np.ndarray:
+    """One RandAugment op on an H×W×3 uint8 image, as timm's AugmentOp applies the op of that name
+    ('Posterize' is timm's 'PosterizeIncreasing', 'TranslateX' its 'TranslateXRel', ...) at this
+    magnitude; `sign` -1 is the negated value that timm draws half the time, for the ops that have
+    one. `fill` is what geometric ops bring in (timm: round(255 · mean)), `interpolation` how they resample."""
+    out = _pil_op(Image.fromarray(img), name, magnitude, sign, tuple(fill), _RESAMPLE[interpolation])
+    return np.asarray(out)
+
+
+class RandAugment:
+    """timm's RandAugment 'rand-m9-mstd0.5-inc1': `num_ops` ops drawn with replacement from the 15,
+    each applied with probability `op_prob` at a magnitude drawn from N(magnitude, magnitude_std)
+    clipped to [0, 10], negated half the time where it has a sign."""
+
+    def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5, op_prob: float = 0.5):
         self.num_ops, self.magnitude, self.magnitude_std, self.op_prob = num_ops, magnitude, magnitude_std, op_prob
-        self.fill = tuple(fill)
 
-    def _op(self, name: str, m: float, sign: float) -> A.BasicTransform:
-        level = m / 10.0
-        affine = dict(p=1.0, border_mode=cv2.BORDER_CONSTANT, fill=self.fill, interpolation=cv2.INTER_LINEAR)
-        if name == 'AutoContrast':
-            return A.AutoContrast(p=1.0)
-        if name == 'Equalize':
-            return A.Equalize(p=1.0)
-        if name == 'Invert':
-            return A.InvertImg(p=1.0)
-        if name == 'Rotate':
-            return A.Affine(rotate=(sign * 30 * level,) * 2, **affine)
-        if name == 'Posterize':
-            bits = int(round(4 + (1 - level) * 4))
-            return A.Posterize(num_bits=(bits, bits), p=1.0)
-        if name == 'Solarize':
-            t = (256 - 256 * level) / 255
-            return A.Solarize(threshold_range=(t, t), p=1.0)
-        factor = 1 + sign * 0.9 * level
-        if name == 'Color':
-            return A.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(factor, factor), hue=(0, 0), p=1.0)
-        if name == 'Contrast':
-            return A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(factor - 1,) * 2, p=1.0)
-        if name == 'Brightness':
-            return A.RandomBrightnessContrast(brightness_limit=(factor - 1,) * 2, contrast_limit=(0, 0), p=1.0)
-        if name == 'Sharpness':
-            return A.Sharpen(alpha=(0.9 * level,) * 2, lightness=(1.0, 1.0), p=1.0)
-        if name in ('ShearX', 'ShearY'):
-            deg = math.degrees(math.atan(sign * 0.3 * level))
-            return A.Affine(shear={'x': (deg, deg), 'y': (0, 0)} if name == 'ShearX' else {'x': (0, 0), 'y': (deg, deg)},
-                            **affine)
-        t = sign * 0.45 * level
-        return A.Affine(translate_percent={'x': (t, t), 'y': (0, 0)} if name == 'TranslateX' else
-                        {'x': (0, 0), 'y': (t, t)}, **affine)
-
-    def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        rng = self.py_random
-        for name in rng.sample(self.OPS, self.num_ops):
+    def draw(self, rng: random.Random, interpolation: str = 'bicubic') -> List[Tuple[str, float, int, str]]:
+        """The ops one image gets: (name, magnitude, sign, interpolation) for each drawn op that
+        applies, in order; with 'random', each op draws bilinear or bicubic, as timm's AugmentOp does."""
+        ops = []
+        for name in rng.choices(RA_OPS, k=self.num_ops):
             if rng.random() > self.op_prob:
                 continue
-            m = min(10.0, max(0.0, rng.gauss(self.magnitude, self.magnitude_std)))
-            sign = 1.0 if rng.random() < 0.5 else -1.0
-            if name == 'SolarizeAdd':
-                img = _solarize_add(img, int(110 * m / 10))
-                continue
-            op = self._op(name, m, sign)
-            op.set_random_seed(rng.randrange(2 ** 31))
-            img = op(image=img)['image']
+            m = rng.gauss(self.magnitude, self.magnitude_std) if self.magnitude_std > 0 else self.magnitude
+            sign = -1 if rng.random() > 0.5 else 1
+            filt = rng.choice(('bilinear', 'bicubic')) if interpolation == 'random' else interpolation
+            ops.append((name, max(0.0, min(10.0, m)), sign, filt))
+        return ops
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the training and evaluation transforms
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random choices of one training sample, drawn in this order."""
+    box: Tuple[int, int, int, int]
+    interpolation: str
+    flip: bool
+    ops: Tuple[Tuple[str, float, int, str], ...]  # RandAugment's: name, magnitude, sign, interpolation
+    jitter: Optional[Tuple[Tuple[int, ...], Tuple[float, float, float]]]  # colour jitter: order, factors
+
+
+class TrainTransform:
+    """The training transform of a Recipe: RandomResizedCrop, horizontal flip, then RandAugment or
+    colour jitter, as timm's transforms_imagenet_train; uint8 H×W×3 in and out."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.rand_augment = RandAugment() if recipe.rand_augment else None
+        self.fill = tuple(min(255, round(255 * m)) for m in recipe.mean)
+
+    def draw(self, rng: random.Random, height: int, width: int) -> Draws:
+        r = self.recipe
+        box = rrc_box(rng, height, width, r.scale, r.ratio)
+        interpolation = r.train_interpolation
+        if interpolation == 'random':  # timm's RandomResizedCrop picks one of the two
+            interpolation = rng.choice(('bilinear', 'bicubic'))
+        flip = rng.random() < r.hflip
+        ops = tuple(self.rand_augment.draw(rng, r.train_interpolation)) if self.rand_augment else ()
+        jitter = None
+        if r.color_jitter and not self.rand_augment:  # torchvision's ColorJitter(b, c, s), as timm builds it
+            order = list(range(3))
+            rng.shuffle(order)
+            factors = tuple(rng.uniform(max(0.0, 1 - r.color_jitter), 1 + r.color_jitter) for _ in range(3))
+            jitter = (tuple(order), factors)
+        return Draws(box, interpolation, flip, ops, jitter)
+
+    def apply(self, img: np.ndarray, d: Draws) -> np.ndarray:
+        img = resized_crop(img, d.box, self.recipe.img_size, d.interpolation)
+        if d.flip:
+            img = cv2.flip(img, 1)  # a copy, 30x faster to batch than numpy's reversed view
+        if d.ops or d.jitter:
+            pil = Image.fromarray(np.ascontiguousarray(img))
+            for name, magnitude, sign, interpolation in d.ops:
+                pil = _pil_op(pil, name, magnitude, sign, self.fill, _RESAMPLE[interpolation])
+            if d.jitter:
+                pil = _jitter(pil, *d.jitter)
+            img = np.asarray(pil)
         return img
 
-    def get_transform_init_args_names(self) -> Tuple[str, ...]:
-        return ('num_ops', 'magnitude', 'magnitude_std', 'op_prob', 'fill')
+    def __call__(self, img: np.ndarray, rng: random.Random) -> np.ndarray:
+        return self.apply(img, self.draw(rng, *img.shape[:2]))
 
 
-def build_train_transform(img_size: int = 224, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                          std: Sequence[float] = (0.229, 0.224, 0.225), scale: Tuple[float, float] = (0.08, 1.0),
-                          rand_augment: bool = True, color_jitter: float = 0.0, reprob: float = 0.25,
-                          normalize: bool = True) -> A.Compose:
-    """The training augmentation. With normalize=False it returns uint8, to be normalised on the batch
-    (`normalize_batch`), which moves a quarter of the bytes from the workers and runs on the GPU."""
-    ops = [A.RandomResizedCrop(size=(img_size, img_size), scale=scale, interpolation=cv2.INTER_LINEAR),
-           A.HorizontalFlip(p=0.5)]
-    if rand_augment:
-        ops.append(RandAugment())
-    if color_jitter:
-        ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0,
-                                 p=0.8))
-    if reprob:  # random pixel values, as timm's RandomErasing(mode='pixel')
-        ops.append(A.Erasing(scale=(0.02, 1 / 3), ratio=(0.3, 3.3), fill='random', p=reprob))
-    if normalize:
-        ops.append(A.Normalize(mean=mean, std=std))
-    return A.Compose(ops)
+def _jitter(img: Image.Image, order, factors) -> Image.Image:
+    from torchvision.transforms import functional as F
+    fns = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    for i in order:
+        img = fns[i](img, factors[i])
+    return img
+
+
+class EvalTransform:
+    """timm's evaluation transform: the shorter side to floor(img_size / crop_pct), a centre crop of
+    img_size; uint8 H×W×3 in and out. It is timm's own resize and crop (torchvision's functions on a
+    PIL image), pixel for pixel: torchvision's faster uint8 resize differs from PIL's by a level here
+    and there, and that moves the top-5 of a model that is unsure (tests/test_train.py)."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.scale_size = math.floor(recipe.img_size / recipe.crop_pct)
+
+    def __call__(self, img: np.ndarray, rng: Optional[random.Random] = None) -> np.ndarray:
+        from torchvision.transforms import functional as F
+        pil = F.resize(Image.fromarray(img), self.scale_size, interpolation=_mode(self.recipe.interpolation))
+        return np.asarray(F.center_crop(pil, self.recipe.img_size))
+
+
+def batch_rng(*ids: int) -> random.Random:
+    """The generator of one batch's augmentations, from integers that name it: the loader's seed,
+    epoch, rank and batch. Every sample of the batch draws from it in turn."""
+    seed = 0
+    for i in ids:
+        seed = (seed * 1_000_003 + int(i)) % 2 ** 61
+    return random.Random(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# on the batch, on the device
 
 
 def normalize_batch(images, mean: Sequence[float], std: Sequence[float]):
-    """uint8 N×C×H×W images to float32, normalised with the model's mean and std (on their device)."""
-    import torch
+    """uint8 N×C×H×W images to float32, normalised with the model's mean and std (on their device),
+    as timm's PrefetchLoader does."""
     m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
     s = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
     return images.float().sub_(m).div_(s)
 
 
-def build_eval_transform(img_size: int = 224, crop_pct: float = 0.875, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                         std: Sequence[float] = (0.229, 0.224, 0.225), normalize: bool = True) -> A.Compose:
-    """Evaluation: shorter side to img_size/crop_pct (bicubic), centre crop to img_size."""
-    ops = [A.SmallestMaxSize(max_size=int(math.floor(img_size / crop_pct)), interpolation=cv2.INTER_CUBIC),
-           A.CenterCrop(height=img_size, width=img_size)]
-    if normalize:
-        ops.append(A.Normalize(mean=mean, std=std))
-    return A.Compose(ops)
+def build_erasing(probability: float, device: torch.device):
+    """timm's RandomErasing(mode='pixel', count 1) for normalised batches on `device`: each sample,
+    with this probability, gets one box of N(0, 1) noise; None when off. It draws from Python's
+    `random` and torch's generator, which engine.seed_step seeds at every step."""
+    if not probability:
+        return None
+    from timm.data.random_erasing import RandomErasing
+    return RandomErasing(probability, mode='pixel', max_count=1, device=device)
 
 
 def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoothing: float = 0.1):
@@ -188,12 +364,3 @@ def build_mixup(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, smoot
         return None
     from timm.data import Mixup
     return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing, num_classes=num_classes)
-
-
-def seed_transform(transform: A.Compose, *ids: int) -> None:
-    """Reseed albumentations' generators (it keeps its own, and does not reseed forked workers) from
-    integers that name the stream: the loader's seed, epoch, rank, and the batch or worker."""
-    seed = 0
-    for i in ids:
-        seed = (seed * 1_000_003 + int(i)) % 2 ** 61
-    transform.set_random_seed(seed % 2 ** 31)
