@@ -17,7 +17,8 @@ import numpy as np
 
 from tokenformer_vit.make_shards import make_shards
 from bench_data import report
-from tokenformer_vit.transforms import EvalTransform, Recipe, decode_rgb
+from tokenformer_vit.config import data_config, job_args
+from tokenformer_vit.transforms import EvalTransform, decode_rgb
 
 
 def samples(root: Path) -> dict:
@@ -55,9 +56,7 @@ def main() -> None:
             for data in sets[label].values():
                 decode_rgb(data)
             rates[label].append(len(sets[label]) / (time.perf_counter() - t0))
-    evaluate = EvalTransform(Recipe(img_size=224, crop_pct=0.875, interpolation='bicubic', mean=(0.485, 0.456, 0.406),
-                                    scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, train_interpolation='bicubic',
-                                    rand_augment=False, color_jitter=0.0, aug_repeats=1))
+    evaluate = EvalTransform(data_config(job_args(data_dir='.')).recipe)  # the job's, for its default model (224)
     diffs = [np.abs(evaluate(decode_rgb(original[f])).astype(float) - evaluate(decode_rgb(small[f]))) for f in changed]
     res = dict(images=len(original), re_encoded=len(changed), max_side=args.max_side,
                shard_bytes_original=sets['original_bytes'], shard_bytes_max_side=sets['max_side_bytes'],

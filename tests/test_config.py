@@ -138,3 +138,20 @@ def test_every_training_config_holds_only_what_differs_from_the_defaults(config)
     same = [k for k, v in values.items() if k != 'model' and (defaults[k] == v or (
         isinstance(defaults[k], tuple) and list(defaults[k]) == v))]
     assert not same, f'{config} repeats the defaults of {same}'
+
+
+def test_every_recipe_flag_reaches_the_loaders_recipe_or_the_run():
+    # a recipe flag that the loader never sees would be a setting that does nothing
+    from tokenformer_vit.config import data_config, job_args, run_config
+    flags = dict(model='tokenformer_vit_tiny', data_dir='d', img_size=64, crop_pct=0.9, scale=[0.3, 0.9],
+                 ratio=[0.5, 2.0], hflip=0.3, train_interpolation='random', rand_augment=False, color_jitter=0.2,
+                 aug_repeats=3, batch_size=7, workers=3, seed=11, max_image_pixels=1000)
+    args = job_args(**flags)
+    data = data_config(args)
+    r = data.recipe
+    assert (r.img_size, r.crop_pct, r.scale, r.ratio, r.hflip, r.train_interpolation, r.rand_augment,
+            r.color_jitter, r.aug_repeats) == (64, 0.9, (0.3, 0.9), (0.5, 2.0), 0.3, 'random', False, 0.2, 3)
+    assert (data.root, data.batch_size, data.workers, data.seed, data.max_pixels) == ('d', 7, 3, 11, 1000)
+    assert (r.interpolation, r.mean) == ('bicubic', (0.485, 0.456, 0.406))  # the model's, as validate.py's
+    run = run_config(job_args(reprob=0.4, mixup=0.3, cutmix=0.2, smoothing=0.05))
+    assert (run.reprob, run.mixup, run.cutmix, run.smoothing) == (0.4, 0.3, 0.2, 0.05)

@@ -18,11 +18,9 @@ from tokenformer_vit.transforms import MAX_IMAGE_PIXELS, Recipe, build_mixup, de
 
 
 def recipe(**values) -> Recipe:
-    """The tests' recipe: 8 px, no RandAugment, evaluation without a resize; `values` over it."""
-    base = dict(img_size=8, crop_pct=1.0, interpolation='bicubic', mean=(0.485, 0.456, 0.406), scale=(0.08, 1.0),
-                ratio=(3 / 4, 4 / 3), hflip=0.5, train_interpolation='bicubic', rand_augment=False, color_jitter=0.0,
-                aug_repeats=1)
-    return Recipe(**dict(base, **values))
+    """The loader tests' recipe: 8 px, no RandAugment, evaluation without a resize; `values` over it."""
+    from test_transforms import recipe as paper_recipe
+    return paper_recipe(**dict(dict(img_size=8, crop_pct=1.0, rand_augment=False), **values))
 
 
 def shard_loader(root, split, batch_size, training, *, workers=0, seed=0, world_size=1, rank=0, num_classes=None,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from photos import jpeg_bytes, photo_like
-from tokenformer_vit.transforms import (RA_OPS, EvalTransform, RandAugment, Recipe, TrainTransform, apply_op,
+from tokenformer_vit.transforms import (RA_OPS, Draws, EvalTransform, RandAugment, Recipe, TrainTransform, apply_op,
                                         build_erasing, decode_rgb, normalize_batch, resized_crop, rrc_box)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -214,7 +214,6 @@ def _pairs(record):
 
 def test_train_transform_is_timms_pipeline_for_the_same_draws(photos):
     # crop, flip, then each RandAugment op: our draws applied by timm's functions give our image
-    from timm.data import auto_augment as aa
     transform = TrainTransform(recipe())
     rng = random.Random(3)
     print('seed 3')
@@ -228,7 +227,29 @@ def test_train_transform_is_timms_pipeline_for_the_same_draws(photos):
             for name, magnitude, sign, _ in d.ops:
                 pil = Image.fromarray(_timm_op(name, magnitude, sign, np.asarray(pil)))
             assert mean_abs_diff(transform.apply(img, d), pil) <= 1.0, d
-    assert aa  # imported for _timm_op's module
+
+
+def test_color_jitter_is_torchvisions_as_timm_builds_it_and_off_under_rand_augment(photos):
+    # timm's transforms_imagenet_train: ColorJitter(b, c, s) unless RandAugment is on
+    from timm.data import create_transform
+    print('seed 5')
+    rng = random.Random(5)
+    jitter = TrainTransform(recipe(rand_augment=False, color_jitter=0.4))
+    theirs = [t for t in create_transform(224, is_training=True, color_jitter=0.4).transforms
+              if type(t).__name__ == 'ColorJitter'][0]
+    for img in photos:
+        d = jitter.draw(rng, *img.shape[:2])
+        order, factors = d.jitter
+        assert all(0.6 <= f <= 1.4 for f in factors) and sorted(order) == [0, 1, 2]
+        crop = jitter.apply(img, Draws(d.box, d.interpolation, False, (), None))
+        # timm's ColorJitter with its random order and factors set to ours (hue, its fourth, is None)
+        params = (torch.tensor(list(order) + [3]), factors[0], factors[1], factors[2], None)
+        with mock.patch.object(type(theirs), 'get_params', lambda *a: params):
+            expected = np.asarray(theirs(Image.fromarray(crop)))
+        got = jitter.apply(img, Draws(d.box, d.interpolation, False, (), d.jitter))
+        assert mean_abs_diff(got, expected) == 0.0
+    with_ra = TrainTransform(recipe(rand_augment=True, color_jitter=0.4))
+    assert all(with_ra.draw(rng, 100, 120).jitter is None for _ in range(50))
 
 
 def test_random_erasing_is_timms_on_the_normalised_batch_in_the_training_step():

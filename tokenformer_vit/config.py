@@ -85,7 +85,8 @@ def _add_data_flags(g) -> None:
                    help='random erasing probability, on the normalised batch (timm --reprob; --remode pixel '
                         '--recount 1)')
     g.add_argument('--aug-repeats', type=int, default=1,
-                   help='repeated augmentation: N augmented copies of each decoded image (timm --aug-repeats; DeiT: 3)')
+                   help='repeated augmentation: N augmented copies of each decoded image (timm --aug-repeats; DeiT: '
+                        '3), kept on one rank where timm\'s sampler spreads them over ranks (docs/design.md)')
     g.add_argument('--crop-pct', type=float, default=None,
                    help="evaluation crop (timm validate.py --crop-pct; default: the model's)")
     g.add_argument('--mixup', type=float, default=0.8, help='timm --mixup')
@@ -295,9 +296,8 @@ def _check_model(args: argparse.Namespace) -> torch.nn.Module:
     import timm
     if not timm.is_model(args.model):
         raise ConfigError(f'--model {args.model} is not a timm model: see timm.list_models("tokenformer*") for ours.')
-    kwargs = dict(args.model_kwargs, **({'img_size': args.img_size} if args.img_size else {}))
     try:
-        model = timm.create_model(args.model, device='meta', **kwargs)
+        model = _meta_model(args)
     except Exception as e:  # noqa: BLE001 - any constructor error is the kwargs' fault
         raise ConfigError(f'cannot create --model {args.model} with --model-kwargs {dict(args.model_kwargs)}'
                           f'{" and --img-size " + str(args.img_size) if args.img_size else ""}: {e}') from None
@@ -307,6 +307,13 @@ def _check_model(args: argparse.Namespace) -> torch.nn.Module:
         raise ConfigError(f'--img-size {size[0]} is smaller than the patch size {patch[0]} of --model {args.model}: '
                           f'pass an image size of at least one patch.')
     return model
+
+
+def _meta_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model the flags describe, on the meta device (no memory, no weights)."""
+    import timm
+    kwargs = dict(args.model_kwargs, **({'img_size': args.img_size} if args.img_size else {}))
+    return timm.create_model(args.model, device='meta', **kwargs)
 
 
 def _resolved(args: argparse.Namespace, model: torch.nn.Module) -> dict:
@@ -329,14 +336,12 @@ def _check_data_config(args: argparse.Namespace, model: torch.nn.Module) -> None
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """The loader's plain values from the job's checked flags, the recipe resolved for the model as
-    validate.py resolves it; colour jitter is off while RandAugment is on, as in timm."""
-    import timm
-    kwargs = dict(args.model_kwargs, **({'img_size': args.img_size} if args.img_size else {}))
-    cfg = _resolved(args, timm.create_model(args.model, device='meta', **kwargs))
+    validate.py resolves it."""
+    cfg = _resolved(args, _meta_model(args))
     recipe = Recipe(img_size=cfg['input_size'][-1], crop_pct=cfg['crop_pct'], interpolation=cfg['interpolation'],
                     mean=tuple(cfg['mean']), scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip,
                     train_interpolation=args.train_interpolation, rand_augment=args.rand_augment,
-                    color_jitter=0.0 if args.rand_augment else args.color_jitter, aug_repeats=args.aug_repeats)
+                    color_jitter=args.color_jitter, aug_repeats=args.aug_repeats)
     return DataConfig(root=args.data_dir, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                       recipe=recipe, max_pixels=args.max_image_pixels, shuffle_buffer=SHUFFLE_BUFFER)
 
