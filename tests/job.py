@@ -33,12 +33,18 @@ def weights(path):
 
 
 def run_cli(argv, capsys):
-    """train_imagenet.py's command in this process: (exit code, what it printed on stderr)."""
+    """train_imagenet.py's command in this process: (exit code, what it printed on stderr); pytest's
+    signal handlers are given back after it (the job installs its own: distributed.Preemption)."""
+    import signal
     from tokenformer_vit.cli import main as cli
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)}
     try:
         code = cli([*TINY, *map(str, argv)])
     except SystemExit as e:  # argparse's own errors
         code = e.code
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return code, capsys.readouterr().err
 
 

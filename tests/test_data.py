@@ -130,7 +130,8 @@ def test_corrupt_images_are_skipped_named_and_counted(tmp_path, capsys):
     with pytest.raises(ShardError, match='none of the 1 images .* could be read'):
         make_shards(str(bad), 'train', tmp_path / 'out', progress=False)
     assert (tmp_path / 'out' / '_info.json').read_text() == before
-    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == sorted(['_info.json', *entry['filenames']])
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == sorted(['_info.json', '.make_shards.lock',
+                                                                           *entry['filenames']])
 
 
 def test_rerun_leaves_no_temporary_or_stale_files_and_merges_splits(tmp_path):
@@ -139,7 +140,7 @@ def test_rerun_leaves_no_temporary_or_stale_files_and_merges_splits(tmp_path):
     make_shards(str(src), 'validation', tmp_path / 'out', shard_size=9, progress=False)
     make_shards(str(src), 'train', tmp_path / 'out', shard_size=9, progress=False)
     names = sorted(p.name for p in (tmp_path / 'out').iterdir())
-    assert names == ['_info.json', 'out-train-g2-000000.tar', 'out-train-g2-000001.tar',
+    assert names == ['.make_shards.lock', '_info.json', 'out-train-g2-000000.tar', 'out-train-g2-000001.tar',
                      'out-validation-g1-000000.tar', 'out-validation-g1-000001.tar']
     info = json.loads((tmp_path / 'out' / '_info.json').read_text())
     assert set(info['splits']) == {'train', 'validation'}
@@ -514,7 +515,7 @@ def test_a_rebuild_killed_at_a_random_shard_leaves_a_set_whose_every_label_names
     pairs, info = read_every_sample(out)
     assert info['classes'] == ['eel', 'cat', 'dog'] and all(info['classes'][l] == n for l, n in pairs)
     listed = set(info['splits']['train']['filenames'])
-    assert sorted(p.name for p in out.iterdir()) == sorted(listed | {'_info.json'})  # nothing else is left
+    assert sorted(p.name for p in out.iterdir()) == sorted(listed | {'_info.json', '.make_shards.lock'})  # no other
 
 
 def test_16_bit_32_bit_and_float_images_are_scaled_to_8_bits_not_clipped():

@@ -17,16 +17,43 @@ def test_output_that_is_a_file_or_cannot_be_created_is_refused(shards, tmp_path,
 
 def test_results_without_last_checkpoint_are_kept_unless_overwrite(shards, tmp_path, capsys):
     out = tmp_path / 'run'
-    out.mkdir()
-    (out / 'summary.csv').write_text('epoch\n0\n')
-    (out / 'best.pth.tar').write_bytes(b'earlier')
-    (out / '.last.pth.tar.x1y2.tmp').write_bytes(b'half a save')
+    train('--data-dir', shards, '--output', out, '--epochs', 1)
+    earlier = (out / 'best.pth.tar').read_bytes()
+    (out / 'last.pth.tar').unlink()  # an earlier run's results, and nothing to resume from
+    (out / '.last.pth.tar.partial').write_bytes(b'half a save')  # a save killed half-way
     code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 1], capsys)
-    assert code == 2 and 'holds results of an earlier run (best.pth.tar, summary.csv)' in one_sentence(err)
-    assert (out / 'best.pth.tar').read_bytes() == b'earlier'
+    assert code == 2 and 'holds results of an earlier run (best.pth.tar, config.yaml, curves.png, summary.csv)' \
+        in one_sentence(err), err
+    assert (out / 'best.pth.tar').read_bytes() == earlier
     res = train('--data-dir', shards, '--output', out, '--epochs', 1, '--overwrite')
-    assert 'epoch 0:' in res.stdout and not list(out.glob('.*.tmp'))
-    assert (out / 'summary.csv').read_text().count('\n') == 2 and (out / 'best.pth.tar').read_bytes() != b'earlier'
+    assert 'epoch 0:' in res.stdout and not (out / '.last.pth.tar.partial').exists()
+    assert (out / 'summary.csv').read_text().count('\n') == 2
+
+
+def test_files_the_job_did_not_write_are_never_replaced_even_with_overwrite(shards, tmp_path, capsys):
+    # before: a user's summary.csv, best.pth.tar, config.yaml or .lock in --output was replaced or, with
+    # --overwrite, removed, by its name alone; now only names the folder's manifest lists are ours
+    for name in ('summary.csv', 'config.yaml', 'best.pth.tar', '.lock', 'checkpoint-0.pth.tar',
+                 '.summary.csv.partial'):
+        out = tmp_path / name.strip('.')
+        out.mkdir()
+        (out / name).write_text('mine')
+        code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 1, '--save-every-epochs', 1,
+                             '--overwrite'], capsys)
+        assert code == 2 and 'which this job did not write' in one_sentence(err), (name, err)
+        assert (out / name).read_text() == 'mine' and sorted(p.name for p in out.iterdir()) == [name]
+    # a timm checkpoint placed as last.pth.tar is not resumed from, nor replaced
+    out = tmp_path / 'timm'
+    out.mkdir()
+    (out / 'last.pth.tar').write_bytes(b'timm')
+    code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 1], capsys)
+    assert code == 2 and 'holds last.pth.tar, which this job did not write' in one_sentence(err)
+    # files of other names stay beside the run, untouched
+    out = tmp_path / 'mixed'
+    out.mkdir()
+    (out / 'notes.txt').write_text('mine')
+    train('--data-dir', shards, '--output', out, '--epochs', 1)
+    assert (out / 'notes.txt').read_text() == 'mine'
 
 
 def test_a_second_job_on_a_run_folder_in_use_is_refused_and_the_first_runs_on(shards, tmp_path):
@@ -48,8 +75,8 @@ def test_a_second_job_on_a_run_folder_in_use_is_refused_and_the_first_runs_on(sh
     assert first.returncode == 128 + signal.SIGUSR2, out
     saved = weights(tmp_path / 'run' / 'last.pth.tar')[0]
     assert saved['step'] >= 6  # the first job's own progress, past its first epoch, was kept
-    again = train(*flags[:2], '--epochs', saved['epoch_in_progress'] + 1, *flags[4:])  # free to resume now
-    assert f'step {saved["step"]}' in again.stdout
+    again = train(*flags, '--eval-only')  # the folder is free now
+    assert 'model: top-1' in again.stdout
 
 
 def test_every_rank_of_a_job_gets_the_output_folders_verdict(shards, tmp_path):
@@ -67,5 +94,5 @@ def test_every_rank_of_a_job_gets_the_output_folders_verdict(shards, tmp_path):
                            popen=dict(cwd=tmp_path, env=env)))
     outs = [p.communicate(timeout=120)[0] for p in procs]
     for p, text in zip(procs, outs):
-        assert p.returncode == 2 and 'holds results of an earlier run (summary.csv)' in text, text
+        assert p.returncode == 2 and 'holds summary.csv, which this job did not write' in text, text
     assert sorted(p.name for p in out.iterdir()) == ['summary.csv']  # and nothing else was left there

@@ -3,10 +3,11 @@
 import argparse
 import os
 import pickle
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -32,7 +33,8 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
     try:
         ckpt = _torch_load(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise CheckpointError(f'Checkpoint {path} could not be read as a torch or safetensors file ({e.__class__.__name__}).')
+        raise CheckpointError(f'Checkpoint {path} could not be read as a torch or safetensors file '
+                              f'({e.__class__.__name__}): pass an intact .pth, .pth.tar or .safetensors file.') from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), argparse.Namespace):
         ckpt['args'] = vars(ckpt['args'])  # timm's train.py saves its argparse namespace
     if not isinstance(ckpt, dict):
@@ -41,6 +43,10 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
         ckpt = dict(ckpt, state_dict=ckpt.pop('model'))
     if 'state_dict' not in ckpt:
         ckpt = {'state_dict': ckpt}
+    from timm.models import clean_state_dict
+    for key in ('state_dict', 'state_dict_ema'):  # saved from a DDP or torch.compile wrapper: timm's keys
+        if isinstance(ckpt.get(key), dict):
+            ckpt[key] = clean_state_dict(ckpt[key])
     return ckpt
 
 
@@ -138,33 +144,67 @@ def place_hf_dir(tmp: Path, hf_dir: os.PathLike) -> None:
 
 
 def validate_command(arch: Optional[str], state_dict: Dict[str, torch.Tensor], checkpoint: os.PathLike,
-                     data_dir: str = 'DATA', model_kwargs: Optional[Dict[str, Any]] = None) -> str:
-    """The command that evaluates `checkpoint` (with this state dict) with timm's validate.py;
-    `model_kwargs` are construction arguments no weight shape records (num_heads)."""
-    attn, ffn = token_counts(state_dict)
-    model_kwargs, flags = validate_flags(arch, state_dict, model_kwargs)
-    return (f'python -m tokenformer_vit.timm_script validate.py --model {arch or "ARCH"} --model-kwargs '
-            f'attn_tokens={attn} ffn_tokens={ffn}{model_kwargs}{flags} --checkpoint {checkpoint} --data-dir {data_dir}')
+                     data_dir: str = 'DATA', model_kwargs: Optional[Dict[str, Any]] = None,
+                     flags: Sequence[str] = ()) -> str:
+    """The command that evaluates `checkpoint` (with this state dict) with timm's validate.py, carrying
+    every setting that changes the model's function: the architecture, every create_model argument
+    the run was built with (`model_kwargs`, a speed switch such as pattention_impl aside), the token
+    counts and shapes the weights hold, and the script's `flags` (data set, split, crop, precision).
+    Every value is quoted for a POSIX shell."""
+    kwargs, script_flags = validate_flags(arch, state_dict, model_kwargs)
+    words = ['python', '-m', 'tokenformer_vit.timm_script', 'validate.py', '--model', arch or 'ARCH']
+    if kwargs:
+        words += ['--model-kwargs', *(f'{k}={v}' for k, v in kwargs.items())]
+    words += [*script_flags, '--checkpoint', str(checkpoint), '--data-dir', str(data_dir), *flags]
+    return ' '.join(shlex.quote(str(w)) for w in words)
+
+
+# create_model arguments that choose how a layer computes, not what: left out of the printed commands
+SPEED_KWARGS = ('pattention_impl',)
 
 
 def validate_flags(arch: Optional[str], state_dict: Dict[str, torch.Tensor],
-                    extra: Optional[Dict[str, Any]] = None) -> Tuple[str, str]:
-    """validate.py flags for this checkpoint's non-default shape: (model kwargs, script flags).
+                   extra: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], List[str]]:
+    """validate.py's arguments for this checkpoint: (its --model-kwargs, its other flags).
 
-    validate.py passes its own num_classes and in_chans to create_model, and sizes its input from
-    --img-size, so those go as its flags (on both routes), the rest as --model-kwargs.
+    validate.py passes its own num_classes and in_chans to create_model and sizes its input from
+    --img-size, so those go as its flags; the image size goes to create_model as well. Every other
+    argument the run was built with (`extra`) goes as a model kwarg, with the shapes the weights
+    record (depth, width, patch) where they differ from the architecture's defaults.
     """
-    kwargs = model_kwargs_of(state_dict, extra)
-    flags = ''
-    for key, flag, default in (('num_classes', '--num-classes', 1000), ('in_chans', '--in-chans', 3),
-                               ('img_size', '--img-size', 224)):
-        if kwargs[key] != default:
-            flags += f' {flag} {kwargs[key]}'
-    defaults = dict(img_size=224, patch_size=16)
-    if arch:
+    recorded = {k: v for k, v in (extra or {}).items() if k not in SPEED_KWARGS}
+    if _is_tokenformer(state_dict):
+        attn, ffn = token_counts(state_dict)
+        shapes = model_kwargs_of(state_dict, recorded)
+    else:  # another timm model: its recorded arguments, its class count from its head if it has one
+        attn = ffn = None
+        shapes = dict(recorded)
+        head = state_dict.get('head.weight', state_dict.get('fc.weight'))
+        if head is not None and 'num_classes' not in shapes:
+            shapes['num_classes'] = head.shape[0]
+    flags = []
+    for key, flag, default in (('num_classes', '--num-classes', None), ('in_chans', '--in-chans', 3),
+                               ('img_size', '--img-size', None)):
+        if shapes.get(key) is not None and shapes[key] != default:
+            flags += [flag, str(shapes[key])]
+    kwargs = {} if attn is None else dict(attn_tokens=attn, ffn_tokens=ffn)
+    defaults = {}
+    if arch and attn is not None:
         import timm
         meta = timm.create_model(arch, device='meta')
-        defaults.update(depth=len(meta.blocks), embed_dim=meta.embed_dim, num_heads=meta.blocks[0].attn.num_heads)
-    shown = ('patch_size', 'img_size', 'depth', 'embed_dim', 'num_heads')
-    model_kwargs = ''.join(f' {k}={kwargs[k]}' for k in shown if k in kwargs and k in defaults and defaults[k] != kwargs[k])
-    return model_kwargs, flags
+        defaults.update(img_size=meta.patch_embed.img_size[0], patch_size=meta.patch_embed.patch_size[0],
+                        depth=len(meta.blocks), embed_dim=meta.embed_dim)
+    for key, value in shapes.items():
+        if key in ('num_classes', 'in_chans', 'attn_tokens', 'ffn_tokens'):
+            continue
+        if key in recorded or (key in defaults and defaults[key] != value):
+            kwargs[key] = value
+    return kwargs, flags
+
+
+def _is_tokenformer(state_dict: Dict[str, torch.Tensor]) -> bool:
+    try:
+        token_counts(state_dict)
+    except GrowthError:
+        return False
+    return True

@@ -20,12 +20,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             return submit(args)
         from .train import main as train
         return train(args)
+    except KeyboardInterrupt:  # before the first step (later, Ctrl-C saves and stops: distributed.Preemption)
+        print('error: interrupted before training started: nothing was saved; rerun the command to start again.',
+              file=sys.stderr)
+        return 130
     except UserError as e:
         message = str(e)
         if 'Original Traceback' in message:  # raised in a DataLoader worker: its own sentence is the last line
             message = message.strip().splitlines()[-1].split(': ', 1)[-1]
         print(f'error: {message}', file=sys.stderr)
+        _close_process_group()
         return 2
+
+
+def _close_process_group() -> None:
+    """A refused rank tears down its process group before it exits (gloo aborts the process otherwise)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -5,7 +5,10 @@ it. Every value, from a flag or the file alike, is checked here, before any work
 is one sentence and exit code 2.
 """
 import argparse
+import importlib.util
 import math
+import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional
@@ -15,19 +18,42 @@ import yaml
 
 from .errors import ConfigError, UserError
 from .growth import GROWTH_MODES, GROW_SCHEDULES, GrowthPlan
-from .pattention import PATTENTION_IMPLS
+from .pattention import PATTENTION_IMPLS, Pattention
 from .run import RunConfig
 from .data import DataConfig
 from .transforms import INTERPOLATIONS, MAX_IMAGE_PIXELS, Recipe
 
 __all__ = ['COMPILE_MODES', 'ConfigError', 'build_parser', 'parse_args', 'job_args', 'run_config', 'data_config',
-           'study_config']
+           'study_config', 'plain']
 
 
 SHUFFLE_BUFFER = 2048  # undecoded training samples shuffled in each loader worker
 
 # torch.compile's modes; those that capture CUDA graphs mark every training step (engine.train_one_epoch)
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune')
+
+# flags that name files or folders: a leading ~ is the home folder, in YAML as on a shell's command line
+PATH_FLAGS = ('config', 'output', 'data_dir', 'initial_checkpoint', 'job_dir')
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML's safe loader with YAML 1.2's numbers, as a user writing a config means them: 8e-2 is a
+    number (1.1 wants a dot), 2:16:32 a string (1.1 reads base 60: 8192), 010 ten (1.1: octal)."""
+
+
+_INT, _FLOAT = 'tag:yaml.org,2002:int', 'tag:yaml.org,2002:float'
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver(_FLOAT, re.compile(
+    r'^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$'
+    r'|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$'), list('-+0123456789.'))
+_YamlLoader.add_implicit_resolver(_INT, re.compile(r'^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$'), list('-+0123456789'))
+
+
+def load_yaml(text: str):
+    """A config file's values (`_YamlLoader`)."""
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +106,7 @@ def _add_data_flags(g) -> None:
     g.add_argument('--rand-augment', action=argparse.BooleanOptionalAction, default=True,
                    help='RandAugment, timm --aa rand-m9-mstd0.5-inc1')
     g.add_argument('--color-jitter', type=float, default=0.0,
-                   help='colour jitter strength (timm --color-jitter); as in timm, ignored while RandAugment is on')
+                   help='colour jitter strength (timm --color-jitter); with --no-rand-augment only, as timm applies it')
     g.add_argument('--reprob', type=float, default=0.25,
                    help='random erasing probability, on the normalised batch (timm --reprob; --remode pixel '
                         '--recount 1)')
@@ -168,14 +194,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if not path.is_file():
             parser.error(f'config file {path} does not exist: pass an existing YAML file to --config.')
         try:
-            cfg = yaml.safe_load(path.read_text()) or {}
+            cfg = load_yaml(path.read_text(encoding='utf-8-sig')) or {}
         except UnicodeDecodeError:
             parser.error(f'config file {path} is not text: pass a YAML file of flag names and values.')
         except yaml.YAMLError as e:
-            parser.error(f'config file {path} is not valid YAML ({e.__class__.__name__}): fix its syntax.')
+            mark = getattr(e, 'problem_mark', None)
+            where = f'line {mark.line + 1}: {e.problem}' if mark is not None else e.__class__.__name__
+            parser.error(f'config file {path} is not valid YAML ({where}): fix its syntax.')
         if not isinstance(cfg, dict):
             parser.error(f'config file {path} must be a mapping of flag names to values.')
         actions = {a.dest: a for a in parser._actions}
+        if 'config' in cfg:
+            parser.error(f'config file {path} has a config key: a config file cannot name another; merge them into '
+                         f'one file.')
         unknown = sorted(set(cfg) - set(actions))
         if unknown:
             parser.error(f'config file {path} has unknown key(s) {", ".join(unknown)}: keys are the flags\' '
@@ -186,6 +217,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                 parser.error(f'config file {path}: {key}: {value!r} {problem}.')
         parser.set_defaults(**cfg)
     args = parser.parse_args(argv)
+    for key in PATH_FLAGS:  # `~/runs` from YAML (the shell expands it only on the command line)
+        if isinstance(getattr(args, key), str):
+            setattr(args, key, os.path.expanduser(getattr(args, key)))
     try:
         _check_values(args)
     except UserError as e:
@@ -271,10 +305,14 @@ def _check_values(args: argparse.Namespace) -> None:
             raise ConfigError(f'--device {args.device} is not a device: use cpu, cuda or cuda:N.') from None
     args.grow = GrowthPlan.parse(args.grow, args.grow_mode, args.grow_schedule, args.tau_ramp_epochs)
     model = _check_model(args)
+    if (args.grow or args.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
+        raise ConfigError(f'--{"grow" if args.grow else "initial-checkpoint"} needs a Tokenformer-ViT; --model '
+                          f'{args.model} has no parameter tokens: pick a tokenformer_vit_* model.')
     if args.grow:  # from the flags' token counts: a resumed run checks again from its checkpoint's (run.check_resume)
-        if not hasattr(model, 'attn_tokens'):
-            raise ConfigError(f'--grow needs a Tokenformer-ViT; {args.model} has no parameter tokens.')
         args.grow.check((model.attn_tokens, model.ffn_tokens), epochs=args.epochs)
+        _check_grow_modes(args, model)
+    if args.tensorboard and importlib.util.find_spec('tensorboard') is None:
+        raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard, or leave the flag out.')
     if not all(0 <= b < 1 for b in args.opt_betas):
         raise ConfigError(f'--opt-betas {" ".join(map(str, args.opt_betas))}: each beta must be in [0, 1).')
     if not 0 < args.scale[0] <= args.scale[1] <= 1:
@@ -287,6 +325,54 @@ def _check_values(args: argparse.Namespace) -> None:
         raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
     if args.compile_mode != 'default' and not args.compile:
         raise ConfigError(f'--compile-mode {args.compile_mode} takes effect only with --compile: add --compile.')
+    _check_effective(args)
+
+
+# flags that act only with --submit (a job runs here without them)
+SUBMIT_FLAGS = ('cluster', 'nodes', 'gpus_per_node', 'tasks_per_node', 'cpus_per_task', 'mem_gb', 'partition',
+                'timeout_min', 'job_dir')
+
+
+def _check_effective(args: argparse.Namespace) -> None:
+    """A flag (or config key) set away from its default must act: one that would do nothing in this
+    combination is refused, in one sentence, rather than ignored."""
+    defaults = build_parser().parse_args([])
+    if not args.submit:
+        changed = [k for k in SUBMIT_FLAGS if getattr(args, k) != getattr(defaults, k)]
+        if changed:
+            raise ConfigError(f'--{changed[0].replace("_", "-")} takes effect only with --submit: add --submit, or '
+                              f'leave it out to run here.')
+    else:
+        if args.cluster == 'local' and args.nodes > 1:
+            raise ConfigError(f'--cluster local runs on this machine alone, not on --nodes {args.nodes}: use '
+                              f'--cluster slurm, or --nodes 1.')
+        job_dir = Path(args.job_dir) if args.job_dir else None
+        if job_dir is not None and job_dir.exists() and not job_dir.is_dir():
+            raise ConfigError(f'--job-dir {job_dir} is a file: pass a folder for submitit\'s logs.')
+    if args.color_jitter and args.rand_augment:  # timm's rule: jitter only without an auto-augment policy
+        raise ConfigError(f'--color-jitter {args.color_jitter} takes effect only with --no-rand-augment (timm ignores '
+                          f'colour jitter under RandAugment): add --no-rand-augment, or leave it out.')
+    if not args.grow and args.grow_schedule != defaults.grow_schedule:
+        raise ConfigError(f'--grow-schedule {args.grow_schedule} takes effect only with --grow: add a --grow, or leave '
+                          f'it out.')
+    if not args.grow and not args.initial_checkpoint and args.grow_mode != defaults.grow_mode:
+        raise ConfigError(f'--grow-mode {args.grow_mode} takes effect only with --grow or --initial-checkpoint: add '
+                          f'one, or leave it out.')
+    ramps = args.grow_mode == 'ramp' or any(e.mode == 'ramp' for e in args.grow.events)
+    if args.tau_ramp_epochs != defaults.tau_ramp_epochs and not ramps:
+        raise ConfigError(f'--tau-ramp-epochs {args.tau_ramp_epochs} takes effect only with ramp growth: add '
+                          f'--grow-mode ramp (or :ramp on a --grow event), or leave it out.')
+
+
+def _check_grow_modes(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """A growth that keeps the function (preserve, ramp) is exact only for the L2 norms: refused for a
+    softmax model here, not at the growth's epoch."""
+    norms = {m.norm for m in model.modules() if isinstance(m, Pattention)}
+    exact = [e for e in args.grow.events if args.grow.mode_of(e) in ('preserve', 'ramp')]
+    if 'softmax' in norms and exact:
+        raise ConfigError(f'--grow {exact[0]} in {args.grow.mode_of(exact[0])} mode is exact only for the l2_gelu '
+                          f'and gelu_l2 norms, and this model uses pattention_norm=softmax: pass --grow-mode paper '
+                          f'(or :paper on the event).')
 
 
 def _check_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -299,8 +385,11 @@ def _check_model(args: argparse.Namespace) -> torch.nn.Module:
     try:
         model = _meta_model(args)
     except Exception as e:  # noqa: BLE001 - any constructor error is the kwargs' fault
+        text = [f'{k}={v!r}' for k, v in dict(args.model_kwargs).items() if isinstance(v, str)]
+        hint = (f' ({", ".join(text)} {"was" if len(text) == 1 else "were"} read as text: numbers are written as '
+                f'digits)' if text and isinstance(e, TypeError) else '')
         raise ConfigError(f'cannot create --model {args.model} with --model-kwargs {dict(args.model_kwargs)}'
-                          f'{" and --img-size " + str(args.img_size) if args.img_size else ""}: {e}') from None
+                          f'{" and --img-size " + str(args.img_size) if args.img_size else ""}: {str(e).rstrip(".")}{hint}.') from None
     patch = getattr(getattr(model, 'patch_embed', None), 'patch_size', None)
     size = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
     if patch and size and any(s < p for s, p in zip(size, patch)):
@@ -381,3 +470,4 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 def study_config(**values) -> RunConfig:
     """A run's config from job flags given as values (`job_args`): how the studies and tests build a run."""
     return run_config(job_args(**values))
+

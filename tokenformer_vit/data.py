@@ -50,7 +50,9 @@ __all__ = ['DataError', 'DataConfig', 'read_info', 'ShardStream', 'build_loader'
 def read_info(root: str) -> Dict:
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f'Shard folder {root} does not exist: build it with `python -m tokenformer_vit.make_shards`.')
+        state = 'is a file, not a folder' if root.exists() else 'does not exist'
+        raise DataError(f'Shard folder {root} {state}: build it with `python -m tokenformer_vit.make_shards`, or pass '
+                        f'the folder that holds _info.json.')
     path = root / '_info.json'
     if not path.is_file():
         raise DataError(f'{path} is missing: build the shards with `python -m tokenformer_vit.make_shards`, '
@@ -151,6 +153,9 @@ def _tar_samples(handler):
             try:
                 yield from _ustar_members(source['url'])
                 yield {}  # end of shard: webdataset's group_by_keys does not join samples across shards
+            except FileNotFoundError:  # listed when the job started, gone now: not a damaged shard to skip
+                raise DataError(f'shard {source["url"]} is gone (removed, or its split rebuilt while this job '
+                                f'ran): rerun the command to resume from the last save.') from None
             except Exception as exn:  # noqa: BLE001 - handed to the handler, as webdataset does
                 exn.args = exn.args + (source['url'],)
                 if not handler(exn):
@@ -180,6 +185,7 @@ class ShardStream(IterableDataset):
         entry = _split_entry(data.root, split)
         self.data, self.split, self.training, self.num_classes = data, split, training, num_classes
         self.root = Path(data.root)
+        self.filenames = list(entry['filenames'])  # the generation this stream reads (check_unchanged)
         self.files = [self.root / f for f in entry['filenames']]
         missing = [str(f) for f in self.files if not f.is_file()]
         if missing:
@@ -191,6 +197,8 @@ class ShardStream(IterableDataset):
         self.epoch = 0
         self.num_workers = 0  # the DataLoader's, set by build_loader: evaluation batches are per worker
         self.skip_batches = 0  # training batches of this epoch already consumed (a resumed run)
+        self.resume_roles = None  # {role: (samples read, copies made of the last)} where a resumed epoch goes on
+        self.read = None  # per training batch of the epoch: (samples its role had read, copies of the last), shared
         if training:
             self.transform = TrainTransform(data.recipe)
             self.batches_per_rank = self.num_samples // (world_size * self.batch_size)
@@ -201,12 +209,53 @@ class ShardStream(IterableDataset):
             self.transform = EvalTransform(data.recipe)
             self.batches_per_rank = None
 
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+    def set_epoch(self, epoch: int, skip_batches: int = 0, position: Optional[Dict] = None) -> None:
         """The epoch to deliver next (the shard order and augmentation depend on it), from its batch
-        `skip_batches` on: a job resumed mid-epoch gets exactly the batches it had not trained on."""
+        `skip_batches` on: a job resumed mid-epoch gets exactly the batches it had not trained on.
+        `position` (`position()` of the save) says how many samples each worker had read by then,
+        undecodable ones included, so that they are skipped unread; without it (or with another
+        worker count) the skip counts decoded images and assumes every sample decodes."""
         if self.training and not 0 <= skip_batches < self.batches_per_rank:
             raise DataError(f'cannot skip {skip_batches} of {self.batches_per_rank} batches of an epoch')
+        self.check_unchanged()
         self.epoch, self.skip_batches = epoch, skip_batches
+        usable = position is not None and skip_batches and position.get('workers') == max(1, self.num_workers)
+        self.resume_roles = {int(r): tuple(v) for r, v in position['roles'].items()} if usable else None
+        if self.training:  # written by the workers as they hand over each batch, read by `position`
+            self.read = torch.zeros((self.batches_per_rank, 2), dtype=torch.int64).share_memory_()
+
+    def position(self, trained: int) -> Dict:
+        """Where each worker's share of this epoch stands after its first `trained` batches: saved with
+        a checkpoint taken inside the epoch, handed to `set_epoch` when it resumes."""
+        workers = max(1, self.num_workers)
+        roles = {}
+        for role in range(workers):
+            last = role + (trained - 1 - role) // workers * workers if trained > role else None
+            roles[role] = [int(v) for v in self.read[last]] if last is not None else [0, 0]
+        return dict(workers=workers, roles=roles)
+
+    def check_unchanged(self) -> None:
+        """The split is still the generation of shards this stream started with; a rebuild (make_shards
+        replaces _info.json, then removes the old shards) stops the job with a sentence."""
+        try:
+            now = _split_entry(self.data.root, self.split).get('filenames')
+        except DataError as e:
+            raise DataError(f'split {self.split!r} of {self.root} changed while this job ran ({e}): rerun the '
+                            f'command once the shards are whole to resume from the last save.') from None
+        if now != self.filenames:
+            after = ('rerun the command to resume from the last save, evaluated on the new shards' if not self.training
+                     else 'a run cannot change its training shards: put the old ones back to resume, or start a '
+                          'new --output')
+            raise DataError(f'split {self.split!r} of {self.root} was rebuilt while this job ran ({len(self.filenames)} '
+                            f'shards when it started, now {len(now)} others): {after}.')
+
+    def check_evaluated(self, images: int) -> None:
+        """An evaluation covered every sample the split declares; zero or fewer is an error, not a figure."""
+        if images != self.num_samples:
+            self.check_unchanged()
+            raise DataError(f'evaluated {images} of the {self.num_samples} samples of split {self.split!r} of '
+                            f'{self.root} (the others could not be read: see the warnings above): rebuild the '
+                            f'split with make_shards; no figure is reported for it.')
 
     def __len__(self) -> int:
         if self.training:
@@ -318,26 +367,36 @@ class ShardStream(IterableDataset):
         """This worker's share of the epoch's batches. The DataLoader takes batch i from worker
         i % num_workers, so (role) worker r makes batches r + j·num_workers of the epoch. Resumed after
         k batches, the DataLoader starts again at worker 0: worker w then plays role
-        (w + k) % num_workers and skips that role's batches below k, reading but not decoding them.
-        With --aug-repeats N each decoded sample gives N consecutive items, each augmented anew."""
+        (w + k) % num_workers and skips what that role had read for its batches below k, reading but
+        not decoding it: the samples the save recorded (`position`), undecodable ones included, or
+        without that record as many samples as it made images. With --aug-repeats N each decoded
+        sample gives N consecutive items, each augmented anew."""
         counter, repeats, bs = _Counter(), self.data.recipe.aug_repeats, self.batch_size
         role = (worker + self.skip_batches) % num_workers
         files, stride, offset = self._assignment(role, num_workers)
         quota = self.batches_per_rank // num_workers + (role < self.batches_per_rank % num_workers)
         skip = max(0, -(-(self.skip_batches - role) // num_workers)) * bs  # items of this role already trained
         rng = random.Random(((self.data.seed * 100_003 + self.epoch) * 1_009 + self.rank) * 1_009 + role)
-        batch, pos, augment = [], 0, None  # pos: items of this role made or skipped so far
+        recorded = self.resume_roles.get(role) if self.resume_roles is not None and skip else None
+        # pos: items of this role made or skipped so far; read: samples it has taken from its shards
+        batch, pos, read, augment = [], (skip if recorded else 0), 0, None
         while pos < quota * bs:
             got = 0
             for sample in self._pipeline(files, stride, offset, counter, rng):
                 got += 1
-                if pos + repeats <= skip:  # every copy already trained on: read, not decoded
+                read += 1
+                first = 0
+                if recorded is not None:  # the save's record: skip what was read, finish the last sample's copies
+                    if read < recorded[0] or (read == recorded[0] and recorded[1] >= repeats):
+                        continue
+                    first = recorded[1] if read == recorded[0] else 0
+                elif pos + repeats <= skip:  # every copy already trained on: read, not decoded
                     pos += repeats
                     continue
                 item = self._decode(sample, counter)
                 if item is None:
                     continue
-                for _ in range(repeats):
+                for copy in range(first, repeats):
                     if pos < skip:
                         pos += 1
                         continue
@@ -346,6 +405,9 @@ class ShardStream(IterableDataset):
                     batch.append((self.transform(item[0], augment), item[1]))
                     pos += 1
                     if len(batch) == bs:
+                        index = role + (pos - 1) // bs * num_workers
+                        if self.read is not None and index < len(self.read):
+                            self.read[index, 0], self.read[index, 1] = read, copy + 1
                         yield self._batch(batch)
                         batch = []
                         if pos == quota * bs:

@@ -45,12 +45,13 @@ def on_rank_zero(rank: int, world: int, check: Callable[[], None]) -> None:
 
 
 class Preemption:
-    """SIGUSR2 / SIGTERM set a flag; the loop saves at the next step boundary, all ranks together.
+    """SIGUSR2, SIGTERM and SIGINT (Ctrl-C) set a flag; the loop saves at the next step boundary, all
+    ranks together. A second Ctrl-C stops at once, without a save.
 
     The handlers it replaces (submitit's, which checkpoints and requeues on rank 0) are called after
     the save, so a submitit job is requeued only once its checkpoint is on disk."""
 
-    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, world_size: int, device: torch.device, every: int = 10):
         self.signum, self.world_size, self.device, self.every, self.calls = 0, world_size, device, every, 0
@@ -59,6 +60,9 @@ class Preemption:
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
         self.signum = signum
 
     def requested(self) -> bool:
@@ -79,7 +83,7 @@ class Preemption:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         handler = self.previous.get(self.signum)
-        if callable(handler) and self.signum:
+        if callable(handler) and self.signum and handler is not signal.default_int_handler:
             handler(self.signum, None)  # submitit: rank 0 requeues and exits here
         return 128 + int(self.signum or signal.SIGTERM)
 

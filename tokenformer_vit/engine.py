@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .errors import DivergedError
 from .transforms import normalize_batch
 
 __all__ = ['seed_step', 'build_optimizer', 'build_loss', 'LRSchedule', 'train_one_epoch', 'evaluate']
@@ -156,7 +157,8 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
             break
     mean_loss = (loss_sum / max(1, loss_count)).item()
     if not math.isfinite(mean_loss):
-        raise FloatingPointError(f'training loss is {mean_loss} at step {step}: lower --lr or set --clip-grad')
+        raise DivergedError(f'the training loss became {mean_loss} by step {step}: lower --lr (or --blr) or set '
+                            f'--clip-grad, and start a new --output (the last save is from before this epoch)')
     return dict(step=step, loss=mean_loss, images=images, stopped=stopped)
 
 
@@ -180,6 +182,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, *, device: torch.device,
     if distributed:
         dist.all_reduce(totals)
     loss, top1, top5, n = totals.tolist()
-    n = max(n, 1)
-    return dict(loss=loss / n, top1=100 * top1 / n, top5=100 * top5 / n, images=int(n),
+    d = max(n, 1)  # no images: no figures (NaN), and `images` says 0
+    nan = float('nan') if not n else 0.0
+    return dict(loss=loss / d + nan, top1=100 * top1 / d + nan, top5=100 * top5 / d + nan, images=int(n),
                 seconds=time.perf_counter() - t0)

@@ -5,7 +5,7 @@ Every command turns a `UserError` into one sentence on stderr and exit code 2, b
 starts where it can; anything else is a bug and keeps its traceback.
 """
 
-__all__ = ['UserError', 'ConfigError', 'CheckpointError', 'DataError', 'GrowthError', 'ShardError']
+__all__ = ['UserError', 'ConfigError', 'CheckpointError', 'DataError', 'GrowthError', 'ShardError', 'DivergedError']
 
 
 class UserError(ValueError):
@@ -30,3 +30,7 @@ class GrowthError(UserError):
 
 class ShardError(UserError):
     """A request make_shards cannot carry out; the message names the fix."""
+
+
+class DivergedError(UserError):
+    """Training whose loss became NaN or infinite; the message names the step and the fix."""

@@ -16,6 +16,7 @@ A bad request (shrinking, not a Tokenformer-ViT checkpoint, a missing file, an u
 with one sentence on stderr and exit code 2, and writes nothing.
 """
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -97,6 +98,9 @@ def main(argv=None) -> int:
                               f"e.g. --model tokenformer_vit_base.")
         if args.hf_dir and not arch:
             raise GrowthError(f"{args.checkpoint} records no 'arch': pass --model, e.g. --model tokenformer_vit_base.")
+        if args.mode == 'preserve' and model_kwargs.get('pattention_norm') == 'softmax':
+            raise GrowthError(f'{args.checkpoint} is a pattention_norm=softmax model, which --mode preserve cannot grow '
+                              f'exactly (softmax gives the new tokens weight): grow it with --mode paper.')
         old = token_counts(ckpt['state_dict'], args.checkpoint)
         dropped = grow_checkpoint(ckpt, args.attn_tokens, args.ffn_tokens, args.mode, args.seed, args.checkpoint)
         new = token_counts(ckpt['state_dict'])
@@ -126,10 +130,11 @@ def main(argv=None) -> int:
               f'rebuilds the grown model (its state_dict)')
     print('validate with timm\'s validate.py (from a clone of timm\'s repository); both evaluate the state_dict:\n'
           f'  {command}')
-    if args.hf_dir:
+    if args.hf_dir:  # local-dir: rebuilds the model from its config.json: the script's flags alone
         _, flags = validate_flags(arch, ckpt['state_dict'], model_kwargs)
-        print(f'  python -m tokenformer_vit.timm_script validate.py --model local-dir:{args.hf_dir}{flags} '
-              f'--data-dir DATA')
+        words = ['python', '-m', 'tokenformer_vit.timm_script', 'validate.py', '--model', f'local-dir:{args.hf_dir}',
+                 *flags, '--data-dir', 'DATA']
+        print('  ' + ' '.join(map(shlex.quote, words)))
     if isinstance(ckpt.get('state_dict_ema'), dict) and Path(args.output).suffix != '.safetensors':
         print('  (add --use-ema to the first command to evaluate the EMA weights instead)')
     return 0

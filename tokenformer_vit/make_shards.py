@@ -16,7 +16,9 @@ stored byte for byte (EXIF and all: neither the loader nor timm applies EXIF ori
 most --max-side, and encoded at quality 95. An unreadable image, or a dangling
 link, is skipped, named and counted. A rebuild writes a new generation of shards beside the old and
 switches over by replacing _info.json, so a killed or repeated run leaves either the old set or the
-new one, never half a file or a mix.
+new one, never half a file or a mix. One build writes to ROOT at a time (a second waits), and files
+are written, replaced or removed only where make_shards' own record names them (_info.json and its
+journal), never by a name pattern: a folder may hold other files, which stay as they are.
 """
 import argparse
 import io
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_file
 from .errors import ShardError, UserError
@@ -50,12 +52,17 @@ Item = Tuple[str, int, str, object, str]
 def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[List[Tuple[Path, int]], List[str]]:
     """(path, class index) of every image under root/CLASS/, and the class names by index."""
     if not root.is_dir():
-        raise ShardError(f'Input folder {root} does not exist: pass a folder with one sub-folder per class.')
+        state = 'is a file' if root.exists() else 'does not exist'
+        raise ShardError(f'Input folder {root} {state}: pass a folder with one sub-folder per class.')
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     if class_list is not None:
         if not class_list.is_file():
             raise ShardError(f'Class list {class_list} does not exist: pass a text file with one class name a line.')
-        classes = [line.strip() for line in class_list.read_text().splitlines() if line.strip()]
+        try:  # utf-8-sig: a list saved with a byte-order mark (Windows editors) names its first class as written
+            classes = [line.strip() for line in class_list.read_text(encoding='utf-8-sig').splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ShardError(f'Class list {class_list} is not UTF-8 text: save it as a text file with one class name '
+                             f'a line.') from None
         repeated = sorted({c for c in classes if classes.count(c) > 1})
         if repeated:
             raise ShardError(f'Class list {class_list} names {repeated[0]!r} more than once: each class must have '
@@ -128,14 +135,15 @@ def _write_shard(job) -> Tuple[str, int, List[str]]:
     path, items, max_side, max_pixels = job
     path = Path(path)
     written, skipped = 0, []
-    with atomic_file(path) as f:
+    with atomic_file(path, tmp=_partial(path)) as f:  # the journal lists the shard: its temporary is ours
         # plain ustar with a fixed mtime: no per-member PAX header to parse, and reproducible shards
         with wds.TarWriter(f, format=tarfile.USTAR_FORMAT, mtime=0) as sink:
             for key, label, class_name, source, file_name in items:
                 try:
                     jpg = encode_sample(source, max_side, max_pixels)
                 except Exception as e:  # noqa: BLE001 - any unreadable image is skipped and named
-                    skipped.append(f'{file_name} ({e.__class__.__name__}: {e})')
+                    why = 'not an image file PIL can read' if isinstance(e, UnidentifiedImageError) else str(e)
+                    skipped.append(f'{file_name} ({e.__class__.__name__}: {why})')
                     continue
                 sink.write({'__key__': key, 'jpg': jpg, 'cls': str(label).encode(),
                             'json': json.dumps({'file': file_name, 'class': class_name}).encode()})
@@ -181,22 +189,122 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
 
     The class indices of every split of one `output` come from one class list, recorded once in
     _info.json: a later split is labelled with the list the first one recorded, and refused if it
-    has classes that list lacks."""
+    has classes that list lacks. One build at a time writes to `output` (an OS lock on
+    OUTPUT/.make_shards.lock; a second waits for it), and it writes, replaces or removes only files
+    that its own record names: the shards that _info.json lists and those of the journal
+    (OUTPUT/.make_shards-journal.json), which lists a build's shards before they are written."""
     root = Path(output)
     name = _check_request(input, split, root, name, shard_size, max_side, max_pixels, workers)
-    items, classes = _labelled_items(input, split, root, class_list)
-    made = not root.exists()
+    made = [p for p in (root, *root.parents) if not p.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ShardError(f'cannot create --output {root} ({e.strerror}): choose a writable folder.') from None
+    lock = None
     try:
+        lock = _lock(root)
+        _finish_killed_builds(root)
+        items, classes = _labelled_items(input, split, root, class_list)
+        _check_name(root, name, split)
         return _write_split(root, name, split, items, classes, input, shard_size, max_side, workers, seed, progress,
                             max_pixels)
     except BaseException:
-        if made and not any(root.iterdir()):  # a refused or failed first build leaves no empty folder
-            root.rmdir()
+        if lock is not None and made:  # a refused or failed first build leaves no folder behind
+            for path in (root / JOURNAL, root / LOCK):
+                path.unlink(missing_ok=True)
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
         raise
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+LOCK, JOURNAL = '.make_shards.lock', '.make_shards-journal.json'
+
+
+def _lock(root: Path):
+    """The build's exclusive lock on `root` (flock: released when the process ends, even killed); a
+    second build on the same folder waits for the first, then reads what it recorded."""
+    import fcntl
+    path = root / LOCK
+    f = open(path, 'a+')
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        print(f'waiting for the other make_shards writing {root} ({f.read().strip() or "no name"}) to finish',
+              file=sys.stderr, flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()}\n')
+    f.flush()
+    return f
+
+
+def _partial(path: Path) -> Path:
+    """The temporary a shard is written to, renamed to `path` when whole."""
+    return path.with_name(f'.{path.name}.partial')
+
+
+def _read_journal(root: Path) -> Dict:
+    path = root / JOURNAL
+    if not path.is_file():
+        return {}
+    try:
+        journal = json.loads(path.read_text())
+        assert isinstance(journal, dict) and all(isinstance(v, list) for v in journal.values())
+        return journal
+    except (ValueError, AssertionError, UnicodeDecodeError):
+        raise ShardError(f'{path} is not the journal make_shards writes: move it away, then rebuild.') from None
+
+
+def _write_journal(root: Path, journal: Dict) -> None:
+    if journal:
+        with atomic_file(root / JOURNAL, 'w', tmp=_partial(root / JOURNAL)) as f:
+            json.dump(journal, f, indent=1)
+    else:
+        (root / JOURNAL).unlink(missing_ok=True)
+
+
+def _finish_killed_builds(root: Path) -> None:
+    """Remove what a killed or failed build wrote: the shards its journal lists that _info.json does
+    not (the published set is never touched), and their temporaries."""
+    journal = _read_journal(root)
+    if not journal:
+        return
+    info_path = root / '_info.json'
+    listed = set()
+    if info_path.is_file():
+        for entry in json.loads(info_path.read_text()).get('splits', {}).values():
+            listed |= {f for f in entry.get('filenames', []) if isinstance(f, str)}
+    for names in journal.values():
+        _remove(root, [n for n in names if n not in listed])
+    _write_journal(root, {})
+
+
+def _remove(root: Path, names) -> None:
+    """Remove these shards (names that our record lists) and their temporaries."""
+    for n in names:
+        if isinstance(n, str) and Path(n).name == n:
+            (root / n).unlink(missing_ok=True)
+            _partial(root / n).unlink(missing_ok=True)
+
+
+def _check_name(root: Path, name: str, split: str) -> None:
+    """The data set's name (timm's wds/NAME) is one for all splits of `root`."""
+    info_path = root / '_info.json'
+    if not info_path.is_file():
+        return
+    info = json.loads(info_path.read_text())
+    others = [s for s in info.get('splits', {}) if s != split]
+    if others and info.get('name') not in (None, name):
+        raise ShardError(f'{info_path} names the data set {info["name"]!r} (its {others[0]} split), not {name!r}: '
+                         f'pass --name {info["name"]}, or write to another --output.')
 
 
 def _write_split(root: Path, name: str, split: str, items: List[Item], classes: List[str], input: str,
@@ -204,33 +312,43 @@ def _write_split(root: Path, name: str, split: str, items: List[Item], classes: 
                  max_pixels: int) -> Dict:
     random.Random(seed).shuffle(items)
     items = [(f'{split}_{i:08d}', label, cname, src, fname) for i, (_, label, cname, src, fname) in enumerate(items)]
-    # A rebuild writes a new generation of shards beside the old, whose names it never reuses, and
-    # switches over by replacing _info.json: killed at any point, the folder holds the old set or the
-    # new one, each as its _info.json lists it. Only then are the old shards removed.
+    # A rebuild writes a new generation of shards beside the old, under names no file has, listed in
+    # the journal before the first is written, and switches over by replacing _info.json: killed at
+    # any point, the folder holds the old set or the new one, each as its _info.json lists it, and the
+    # next build removes what the journal lists beyond it. Only after the switch are the old shards removed.
     info_path = root / '_info.json'
     before = _split_entry(info_path, split)
-    listed = {f for f in before.get('filenames', []) if isinstance(f, str)}
-    _remove_ours(root, name, split, keep=listed)  # shards and temporaries of killed runs
     generation = before.get('generation') if isinstance(before.get('generation'), int) else 0
-    generation += 1
-    jobs = [(str(root / f'{name}-{split}-g{generation}-{i:06d}.tar'), items[s:s + shard_size], max_side, max_pixels)
-            for i, s in enumerate(range(0, len(items), shard_size))]
-    results, skipped = _write_all(jobs, workers, f'{name}/{split}' if progress else None)
-    filenames = [Path(j[0]).name for j in jobs]
-    if not sum(results.values()):  # nothing to switch to: the old set stays
-        _remove_ours(root, name, split, keep=listed)
-        raise ShardError(f'none of the {len(items)} images of {input} could be read ({skipped[0]}): the split was not '
-                         f'written.')
-    entry = dict(name=split, num_samples=sum(results.values()), filenames=filenames,
-                 shard_lengths=[results[f] for f in filenames], num_classes=len(classes), skipped=len(skipped),
-                 generation=generation, max_side=max_side)
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    info['name'] = name
-    info.setdefault('splits', {})[split] = entry
-    info['classes'] = classes
-    with atomic_file(info_path, 'w') as f:  # the switch
-        json.dump(info, f, indent=1)
-    _remove_ours(root, name, split, keep=set(filenames))  # the previous set
+    count = -(-len(items) // shard_size)
+    while True:
+        generation += 1
+        names = [f'{name}-{split}-g{generation}-{i:06d}.tar' for i in range(count)]
+        if not any((root / n).exists() or _partial(root / n).exists() for n in names):
+            break
+    old = [f for f in before.get('filenames', []) if isinstance(f, str) and f not in names]
+    _write_journal(root, {split: names + old})  # whichever set _info.json does not list when killed goes next time
+    jobs = [(str(root / n), items[s:s + shard_size], max_side, max_pixels)
+            for n, s in zip(names, range(0, len(items), shard_size))]
+    try:
+        results, skipped = _write_all(jobs, workers, f'{name}/{split}' if progress else None)
+        if not sum(results.values()):  # nothing to switch to: the old set stays
+            raise ShardError(f'none of the {len(items)} images of {input} could be read ({skipped[0]}): the split '
+                             f'was not written.')
+        entry = dict(name=split, num_samples=sum(results.values()), filenames=names,
+                     shard_lengths=[results[f] for f in names], num_classes=len(classes), skipped=len(skipped),
+                     generation=generation, max_side=max_side)
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        info['name'] = name
+        info.setdefault('splits', {})[split] = entry
+        info['classes'] = classes
+        with atomic_file(info_path, 'w', tmp=_partial(info_path)) as f:  # the switch
+            json.dump(info, f, indent=1)
+    except BaseException:  # full disk, Ctrl-C, no image: this build's files go, the published set stays
+        _remove(root, names)
+        _write_journal(root, {})
+        raise
+    _remove(root, old)  # the previous set, as _info.json listed it
+    _write_journal(root, {})
     for s in skipped:
         print(f'skipped unreadable image: {s}', file=sys.stderr)
     return entry
@@ -244,21 +362,15 @@ def _split_entry(info_path: Path, split: str) -> Dict:
     return entry if isinstance(entry, dict) else {}
 
 
-def _remove_ours(root: Path, name: str, split: str, keep: set) -> None:
-    """Remove this split's shards that _info.json does not list and the temporaries of killed
-    writes: files named as make_shards names them, and no others."""
-    for path in [*root.glob(f'{name}-{split}-*.tar'), *root.glob(f'.{name}-{split}-*.tmp')]:
-        if path.name not in keep:
-            path.unlink(missing_ok=True)
-
-
 def _check_request(input: str, split: str, root: Path, name: Optional[str], shard_size: int, max_side: Optional[int],
                    max_pixels: int, workers: int) -> str:
     """Refuse what cannot be built, before anything is written; returns the data set's name."""
     if split not in SPLITS:
         raise ShardError(f"Unknown split {split!r}: use 'train' or 'validation'.")
-    if shard_size < 1 or (max_side is not None and max_side < 1) or max_pixels < 1 or workers < 1:
-        raise ShardError('--shard-size, --max-side, --max-image-pixels and --workers must be positive.')
+    for flag, value in (('--shard-size', shard_size), ('--max-side', max_side), ('--max-image-pixels', max_pixels),
+                        ('--workers', workers)):
+        if value is not None and value < 1:
+            raise ShardError(f'{flag} is {value}: it must be at least 1.')
     if root.exists() and not root.is_dir():
         raise ShardError(f'--output {root} is a file: pass a folder for the shards.')
     if input not in EMBEDDED and Path(input).is_dir():
@@ -360,6 +472,10 @@ def main(argv=None) -> int:
     except (UserError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'interrupted: {args.output} holds what it held before (this build\'s shards are removed)',
+              file=sys.stderr)
+        return 130
     except OSError as e:  # a full or read-only --output: what was written before stays whole
         print(f'error: cannot write the shards to {args.output} ({e.strerror}): free space there or choose '
               f'another --output.', file=sys.stderr)

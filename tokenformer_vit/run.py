@@ -23,8 +23,8 @@ from .growth import GrowthPlan, TauRamp, grow_training_state
 from .pattention import Pattention, set_pattention_impl
 from .tokenformer_vit import token_counts
 
-__all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'build_run', 'check_resume', 'start_tokens',
-           'grow_at_epoch', 'train_epoch', 'train_epochs', 'evaluate_run']
+__all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'build_run', 'check_resume', 'check_epochs',
+           'start_tokens', 'grow_at_epoch', 'train_epoch', 'train_epochs', 'evaluate_checked', 'evaluate_run']
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,23 @@ def check_resume(config: RunConfig, resume: Dict, world: int, path: Path) -> Non
     config.growth.check(now, list(resume.get('growth_history') or []), resumed_at=resume.get('epoch_in_progress'))
 
 
+def check_epochs(config: RunConfig, resume: Dict, updates_per_epoch: int, path: Path) -> None:
+    """A resumed run may change --epochs only where the learning rate it has followed so far, and will
+    follow to the next growth, does not depend on it: under the 'restart' schedule, before a planned
+    growth (the segment in progress ends there). Elsewhere the cosine runs to the last epoch, and a
+    new end would give the rest of the run a curve that neither --epochs gives."""
+    saved = (resume.get('args') or {}).get('epochs')
+    if not isinstance(saved, int) or saved == config.epochs:
+        return
+    plan, step = config.growth, int(resume['step'])
+    growths = sorted(e.epoch * updates_per_epoch for e in plan.events) if plan.schedule == 'restart' else []
+    segment_end = next((g for g in growths if g >= step), None)
+    if segment_end is None or segment_end >= min(saved, config.epochs) * updates_per_epoch:
+        raise ConfigError(f'{path} was started with --epochs {saved}, not {config.epochs}, and its learning rate '
+                          f'follows a cosine to the end of epoch {saved} (--grow-schedule {plan.schedule}, no '
+                          f'planned growth ahead): resume with --epochs {saved}, or start a new --output.')
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # a run: the state that trains, grows and is saved
 
@@ -202,6 +219,9 @@ class Run:
     train_model: Optional[torch.nn.Module] = None  # the model as trained: compiled, wrapped in DDP
     eval_model: Optional[torch.nn.Module] = None  # the model as evaluated: compiled
     eval_ema: Optional[torch.nn.Module] = None  # the EMA as evaluated: compiled
+    identity: Dict[str, Any] = field(default_factory=dict)  # what the job resolved at the start: compared on resume
+    unevaluated: Optional[Dict] = None  # a trained epoch whose evaluation could not run: evaluated on resume
+    data_position: Optional[Dict] = None  # this rank's loader position in a resumed epoch (ShardStream.position)
 
     def __post_init__(self):
         # τ of a 'ramp' growth in progress: a schedule stepped with the learning rate
@@ -239,7 +259,8 @@ class Run:
                     optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
                     scheduler=self.scheduler.state_dict(), epoch=epoch_done, epoch_in_progress=epoch_in_progress,
                     step=self.step, global_batch=self.global_batch, metric=self.best, version=2,
-                    args=self.config.flags, growth_history=self.growth_history, log=self.log,
+                    args=self.config.flags, identity=self.identity, unevaluated=self.unevaluated,
+                    updates_per_epoch=self.updates_per_epoch, growth_history=self.growth_history, log=self.log,
                     model_kwargs=dict(attn_tokens=getattr(model, 'attn_tokens', None),
                                       ffn_tokens=getattr(model, 'ffn_tokens', None)))
 
@@ -254,6 +275,8 @@ class Run:
             self.scheduler.load_state_dict(resume['scheduler'])
         self.step, self.best = int(resume['step']), resume.get('metric')
         self.log = resume.get('log') or self.log
+        self.unevaluated = resume.get('unevaluated')
+        self.data_position = (resume.get('data_position') or {}).get(str(self.rank))
 
 
 def build_run(config: RunConfig, model: torch.nn.Module, num_classes: int, updates_per_epoch: int, *,
@@ -350,7 +373,11 @@ def train_epochs(run: Run, loader: Iterable, *, should_stop: Callable[[], bool] 
         if record is not None:
             on_growth(record)
         skip = run.step - epoch * upe
-        loader.dataset.set_epoch(epoch, skip_batches=skip)
+        if skip and run.data_position:  # where each loader worker stood at the save
+            loader.dataset.set_epoch(epoch, skip_batches=skip, position=run.data_position)
+        else:
+            loader.dataset.set_epoch(epoch, skip_batches=skip)
+        run.data_position = None
         t0 = time.perf_counter()
         result = train_epoch(run, view(loader, epoch, skip), should_stop, on_step)
         yield dict(result, epoch=epoch, seconds=time.perf_counter() - t0)
@@ -358,12 +385,25 @@ def train_epochs(run: Run, loader: Iterable, *, should_stop: Callable[[], bool] 
             return
 
 
+def evaluate_checked(model: torch.nn.Module, loader: Iterable, **kw) -> Dict[str, float]:
+    """engine.evaluate over a shard loader, whose every declared sample must have been evaluated:
+    zero images, or fewer than the split holds, is a DataError naming the split, never a figure."""
+    stream = getattr(loader, 'dataset', None)
+    check = getattr(stream, 'check_unchanged', None)
+    if check is not None:
+        check()
+    ev = evaluate(model, loader, **kw)
+    if check is not None:
+        stream.check_evaluated(ev['images'])
+    return ev
+
+
 def evaluate_run(run: Run, loader: Iterable) -> Dict[str, float]:
     """The model's (and the EMA's) loss, top-1 and top-5 on `loader`, as summary.csv columns."""
     kw = dict(device=run.device, mean=run.mean, std=run.std, amp_dtype=run.amp_dtype, distributed=run.world > 1)
-    ev = evaluate(run.eval_model, loader, **kw)
+    ev = evaluate_checked(run.eval_model, loader, **kw)
     row = dict(eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'])
     if run.ema is not None:
-        ev = evaluate(run.eval_ema, loader, **kw)
+        ev = evaluate_checked(run.eval_ema, loader, **kw)
         row.update(eval_ema_loss=ev['loss'], eval_ema_top1=ev['top1'], eval_ema_top5=ev['top5'])
     return row

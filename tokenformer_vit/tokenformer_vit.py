@@ -484,7 +484,7 @@ def token_counts(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint'
     attn, ffn = counts['attn'], counts['ffn']
     if not attn or not ffn:
         raise GrowthError(f'{source} is not a Tokenformer-ViT checkpoint: it has no blocks.N.attn.q.key_tokens '
-                          f'or blocks.N.ffn.key_tokens.')
+                          f'or blocks.N.ffn.key_tokens (pass one of a tokenformer_vit_* model).')
     if len(attn) > 1 or len(ffn) > 1:
         raise GrowthError(f'{source} has Pattentions of mixed token counts ({sorted(attn)}, {sorted(ffn)}): '
                           f'grow it with tokenformer_vit.grow_model instead.')

@@ -22,17 +22,16 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-import yaml
 
-from .atomic import atomic_file, save_atomic
 from .checkpoint import read_checkpoint, validate_command
-from .config import data_config, plain, run_config
+from .config import data_config, run_config
 from .data import DataConfig, build_loader, read_info
 from .distributed import Preemption, leave, on_rank_zero, setup_distributed
-from .engine import evaluate
-from .errors import CheckpointError, ConfigError, UserError
-from .run import Run, RunConfig, build_model, build_run, check_resume, evaluate_run, train_epochs
-from .run_folder import RunFolder, prepare_output, write_logs
+from .errors import ConfigError, DataError, UserError
+from .identity import check_flags, check_resolved, resolved_identity
+from .run import Run, RunConfig, build_model, build_run, check_epochs, check_resume, evaluate_checked, train_epochs
+from .run_folder import RunFolder, prepare_output, run_names
+from .saves import StepHook, end_epoch, save, start_logging
 from .triton_env import interpreting
 
 __all__ = ['Job', 'setup', 'main']
@@ -57,6 +56,7 @@ class Job:
     info: Dict = field(default_factory=dict)
     resume: Optional[Dict] = None
     folder: Optional['RunFolder'] = None
+    train_stream: Optional[object] = None  # the training loader's ShardStream: where a save inside an epoch stands
 
     @property
     def resume_path(self) -> Path:
@@ -71,18 +71,20 @@ def setup(args: argparse.Namespace) -> Job:
     job = Job(args, run_config(args), data_config(args), Path(args.output), rank, world, device, amp)
     if job.amp == 'fp16' and device.type != 'cuda':
         raise ConfigError('--amp fp16 needs a CUDA GPU: use --amp bf16 or none on the CPU.')
-    if args.pattention_impl == 'fused' and device.type != 'cuda' and not interpreting():
-        raise ConfigError(f'--pattention-impl fused runs on CUDA GPUs, not on {device.type}: use auto or torch.')
-    if rank == 0 and args.color_jitter and args.rand_augment:
-        print(f'note: --color-jitter {args.color_jitter} is ignored while RandAugment is on, as in timm '
-              f'(--no-rand-augment to use it)', flush=True)
+    impl = args.pattention_impl if args.pattention_impl != 'auto' else args.model_kwargs.get('pattention_impl')
+    if impl == 'fused' and device.type != 'cuda' and not interpreting():
+        raise ConfigError(f'pattention_impl fused runs on CUDA GPUs, not on {device.type}: use --pattention-impl '
+                          f'torch (and no pattention_impl in --model-kwargs).')
     job.folder = RunFolder(job.out)
     try:
         on_rank_zero(rank, world, job.folder.claim)
-        on_rank_zero(rank, world, lambda: prepare_output(job.out, args.overwrite))
+        names = [] if args.eval_only else run_names(args.epochs, args.save_every_epochs, args.tensorboard)
+        on_rank_zero(rank, world, lambda: prepare_output(job.folder, names, args.overwrite))
         if job.resume_path.is_file():
             job.resume = read_checkpoint(job.resume_path)
-            check_resume(job.config, job.resume, world, job.resume_path)
+            if not args.eval_only:  # evaluation needs only the model it was trained as (below)
+                check_resume(job.config, job.resume, world, job.resume_path)
+            check_flags(job.resume, vars(args), job.resume_path, eval_only=args.eval_only)
         elif args.eval_only and not args.initial_checkpoint:
             raise ConfigError(f'--eval-only has nothing to evaluate: {job.resume_path} does not exist and no '
                               f'--initial-checkpoint was given.')
@@ -125,6 +127,15 @@ def prepare_data(job: Job) -> None:
     if data_classes and job.num_classes < data_classes:
         raise ConfigError(f'--num-classes {job.num_classes} is fewer than the {data_classes} classes of '
                           f'{args.data_dir}: pass at least {data_classes}, or leave it out.')
+    if job.resume is not None and not args.eval_only:
+        check_resolved(job.resume.get('identity') or {}, job_identity(job), job.resume_path, args.train_split,
+                       args.data_dir)
+
+
+def job_identity(job: Job) -> Dict:
+    """What the job resolved at its start besides the flags, recorded in every save (identity.py)."""
+    train = job.info.get('splits', {}).get(job.args.train_split, {})
+    return resolved_identity(job.amp, job.num_classes, job.data.recipe, train)
 
 
 def build_loaders(job: Job):
@@ -136,79 +147,6 @@ def build_loaders(job: Job):
     if args.eval_only:
         return None, val
     return build_loader(job.data, args.train_split, True, **common), val
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# logs and saves
-
-
-def start_logging(job: Job, run: Run):
-    """config.yaml in the run folder (the flags as run, with the derived values); TensorBoard if asked."""
-    if job.rank != 0:
-        return None
-    args = job.args
-    with atomic_file(job.out / 'config.yaml', 'w') as f:
-        yaml.safe_dump(plain(dict(vars(args), lr=job.config.peak_lr(job.world), amp=job.amp, world_size=job.world,
-                                   num_classes=job.num_classes)), f, sort_keys=False)
-    if not args.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard.') from None
-    return SummaryWriter(str(job.out / 'tb'))
-
-
-class StepHook:
-    """Called after every optimizer step of the job: the loss curve every --log-every steps, and a
-    save every --save-every-steps steps (none at an epoch's last step: the epoch's save follows)."""
-
-    def __init__(self, job: Job, run: Run, tb=None):
-        self.job, self.run, self.tb = job, run, tb
-
-    def __call__(self, step: int, loss, lr: float, n: int) -> None:
-        args, run = self.job.args, self.run
-        if self.job.rank == 0 and (step % args.log_every == 0 or step == 1):
-            value = float(loss)
-            run.log['steps'].append(dict(step=step, loss=value, lr=lr))
-            if self.tb:
-                self.tb.add_scalar('train/loss', value, step)
-                self.tb.add_scalar('train/lr', lr, step)
-        upe = run.updates_per_epoch
-        if args.save_every_steps and step % args.save_every_steps == 0 and step % upe:
-            run.step = step
-            save(self.job, run, step // upe, step // upe - 1)
-
-
-def log_epoch(job: Job, run: Run, epoch: int, result: Dict, row: Dict, img_s: float, eta: float, tb) -> None:
-    """Append the epoch to the run's log; rank 0 writes summary.csv, curves.png, TensorBoard, a line."""
-    row = dict(epoch=epoch, step=run.step, train_loss=result['loss'], **row, lr=run.optimizer.param_groups[0]['lr'],
-               img_s=img_s, attn_tokens=getattr(run.model, 'attn_tokens', ''),
-               ffn_tokens=getattr(run.model, 'ffn_tokens', ''))
-    run.log['epochs'].append(row)
-    if job.rank != 0:
-        return
-    write_logs(job.out, run.log, run.growth_history)
-    if tb:
-        for k, v in row.items():
-            if k.startswith('eval') or k in ('train_loss', 'img_s'):
-                tb.add_scalar(k, v, run.step)
-    ema_text = f', EMA {row["eval_ema_top1"]:.2f}%' if run.ema is not None else ''
-    print(f'epoch {epoch}: loss {result["loss"]:.4f}, top-1 {row["eval_top1"]:.2f}%{ema_text}, top-5 '
-          f'{row["eval_top5"]:.2f}%, {img_s:.0f} img/s, ETA {eta / 60:.1f} min', flush=True)
-
-
-def save(job: Job, run: Run, epoch_in_progress: int, epoch_done: int, *names: str) -> None:
-    """Rank 0 saves the run to last.pth.tar and to any further `names`, each atomically."""
-    if job.rank != 0:
-        return
-    state = run.checkpoint_state(epoch_in_progress, epoch_done)
-    for name in ('last.pth.tar',) + names:
-        try:
-            save_atomic(state, job.out / name)
-        except OSError as e:  # the file it would have replaced is intact
-            raise CheckpointError(f'could not write {job.out / name} ({e.strerror}): free space in or fix --output, '
-                                  f'then rerun the command to resume from the last save.') from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,7 +164,7 @@ def evaluate_only(job: Job, model: torch.nn.Module, val_loader) -> int:
     has_ema = run.ema is not None and job.resume is not None and bool(job.resume.get('state_dict_ema'))
     for name, m in (('model', run.model), ('ema', run.ema.module if has_ema else None)):
         if m is not None:
-            r = evaluate(m, val_loader, **kw)
+            r = evaluate_checked(m, val_loader, **kw)
             if job.rank == 0:
                 print(f'{name}: top-1 {r["top1"]:.2f}%  top-5 {r["top5"]:.2f}%  loss {r["loss"]:.4f}  '
                       f'({r["images"]} images)')
@@ -238,21 +176,32 @@ def finish_message(job: Job, run: Run, tb) -> None:
     """Rank 0: the best top-1 and the timm validate.py command for last.pth.tar."""
     if job.rank != 0:
         return
-    args, out = job.args, job.out
-    data_flags = f'--dataset wds/{job.info.get("name", "NAME")} --split {args.val_split}'
-    if args.crop_pct:
-        data_flags += f' --crop-pct {args.crop_pct}'
-    if job.device.type != 'cuda':  # validate.py runs on cuda unless told
-        data_flags += f' --device {job.device.type}'
-    command = (validate_command(args.model, run.model.state_dict(), out / 'last.pth.tar', args.data_dir,
-                                model_kwargs=dict(args.model_kwargs))
-               if hasattr(run.model, 'attn_tokens') else
-               f'python validate.py --model {args.model} --num-classes {job.num_classes} '
-               f'--checkpoint {out / "last.pth.tar"} --data-dir {args.data_dir}')
-    print(f'done: best top-1 {run.best:.2f}%; checkpoints in {out}. Validate with timm\'s validate.py:\n  '
-          f'{command} {data_flags}', flush=True)
+    print(f'done: best top-1 {run.best:.2f}%; checkpoints in {job.out}. Validate with timm\'s validate.py:\n  '
+          f'{job_validate_command(job, run.model)}', flush=True)
     if tb:
         tb.close()
+
+
+def job_validate_command(job: Job, model: torch.nn.Module) -> str:
+    """The validate.py command that gives the job's evaluation of last.pth.tar: the model as built
+    (every --model-kwargs), the data set, split, crop and precision the job evaluated with."""
+    args = job.args
+    flags = ['--dataset', f'wds/{job.info.get("name", "NAME")}', '--split', args.val_split]
+    if args.crop_pct:
+        flags += ['--crop-pct', str(args.crop_pct)]
+    if job.amp != 'none':
+        flags += ['--amp', '--amp-dtype', dict(bf16='bfloat16', fp16='float16')[job.amp]]
+    if job.device.type != 'cuda':  # validate.py runs on cuda unless told
+        flags += ['--device', job.device.type]
+    kwargs = dict(args.model_kwargs)
+    if not hasattr(model, 'attn_tokens'):  # another timm model: the weights do not say its sizes
+        kwargs.setdefault('num_classes', job.num_classes)
+        if args.img_size:
+            flags += ['--img-size', str(args.img_size)]
+            if hasattr(model, 'patch_embed'):  # the job built it at this size (run.create_model)
+                kwargs.setdefault('img_size', args.img_size)
+    return validate_command(args.model, model.state_dict(), job.out / 'last.pth.tar', args.data_dir,
+                            model_kwargs=kwargs, flags=flags)
 
 
 def _stop(preemption: 'Preemption', rank: int, out: Path, step: int) -> int:
@@ -279,6 +228,14 @@ def _progress(job: Job, loader, epoch: int, skip: int):
 def main(args: argparse.Namespace) -> int:
     """The job: set up, build or resume the run, then per epoch grow, train, evaluate and log, save."""
     job = setup(args)
+    try:
+        return _run(job)
+    finally:  # ended, refused or failed: the run folder is free for the next command (in this process too)
+        job.folder.close()
+
+
+def _run(job: Job) -> int:
+    args = job.args
     try:  # a job refused before its first step leaves nothing behind
         prepare_data(job)
         model, history = build_model(job.config, job.num_classes, job.resume, str(job.resume_path),
@@ -287,33 +244,41 @@ def main(args: argparse.Namespace) -> int:
         if args.eval_only:
             return evaluate_only(job, model, val_loader)
         upe = train_loader.dataset.batches_per_rank
+        job.train_stream = train_loader.dataset
+        if job.resume is not None:
+            check_epochs(job.config, job.resume, upe, job.resume_path)
         run = build_run(job.config, model, job.num_classes, upe, device=job.device, amp=job.amp, growth_history=history,
                         rank=job.rank, world=job.world, resume=job.resume, source=str(job.resume_path))
-    except UserError:
+        run.identity = job_identity(job)
+        tb = start_logging(job, run)
+    except BaseException:
         job.folder.release()
         raise
     if job.resume is not None and job.rank == 0:
         print(f'resumed from {job.resume_path}: epoch {job.resume["epoch_in_progress"]}, step {run.step}', flush=True)
     job.resume = None
-    tb, preemption = start_logging(job, run), Preemption(job.world, job.device)
+    preemption = Preemption(job.world, job.device)
     t_start, step_start = time.time(), run.step
-    for result in train_epochs(run, train_loader, should_stop=preemption.requested, on_step=StepHook(job, run, tb),
-                               view=lambda loader, epoch, skip: _progress(job, loader, epoch, skip)):
-        epoch = result['epoch']
-        if result['stopped'] and run.step % upe:  # signalled mid-epoch: save where it stopped
-            save(job, run, epoch, epoch - 1)
-            return _stop(preemption, job.rank, job.out, run.step)
-        img_s = result['images'] * job.world / max(result['seconds'], 1e-9)
-        row = evaluate_run(run, val_loader)
-        is_best = run.best is None or row['eval_top1'] > run.best
-        run.best = row['eval_top1'] if is_best else run.best
-        eta = (time.time() - t_start) / max(1, run.step - step_start) * (args.epochs * upe - run.step)
-        log_epoch(job, run, epoch, result, row, img_s, eta, tb)
-        every = args.save_every_epochs
-        save(job, run, epoch + 1, epoch, *(('best.pth.tar',) if is_best else ()),
-             *((f'checkpoint-{epoch}.pth.tar',) if every and (epoch + 1) % every == 0 else ()))
-        if result['stopped'] and epoch + 1 < args.epochs:  # signalled in the epoch's last step: saved above
-            return _stop(preemption, job.rank, job.out, run.step)
+    if run.unevaluated:  # stopped after training an epoch that could not be evaluated: evaluate it first
+        pending = run.unevaluated
+        end_epoch(job, run, val_loader, pending['epoch'], pending['train_loss'], pending['img_s'], 0.0, tb)
+    try:
+        for result in train_epochs(run, train_loader, should_stop=preemption.requested,
+                                   on_step=StepHook(job, run, tb),
+                                   view=lambda loader, epoch, skip: _progress(job, loader, epoch, skip)):
+            epoch = result['epoch']
+            if result['stopped'] and run.step % upe:  # signalled mid-epoch: save where it stopped
+                save(job, run, epoch, epoch - 1)
+                return _stop(preemption, job.rank, job.out, run.step)
+            img_s = result['images'] * job.world / max(result['seconds'], 1e-9)
+            eta = (time.time() - t_start) / max(1, run.step - step_start) * (args.epochs * upe - run.step)
+            end_epoch(job, run, val_loader, epoch, result['loss'], img_s, eta, tb)
+            if result['stopped'] and epoch + 1 < args.epochs:  # signalled in the epoch's last step: saved above
+                return _stop(preemption, job.rank, job.out, run.step)
+    except DataError:  # shards gone or rebuilt in the middle of an epoch: keep the steps trained so far
+        if run.step % upe:
+            save(job, run, run.step // upe, run.step // upe - 1, gather=False)  # the other ranks may be elsewhere
+        raise
     finish_message(job, run, tb)
     leave()
     return 0
