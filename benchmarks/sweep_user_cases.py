@@ -187,6 +187,9 @@ def file_cases(w: World):
     yield flag(w, 'eval-only with nothing to evaluate', '--eval-only')
     yield flag(w, 'eval-only of another width', '--eval-only', '--initial-checkpoint', wide)
     yield flag(w, 'partition without submit', '--partition', 'gpu')
+    yield flag(w, 'colour jitter under RandAugment', '--rand-augment', '--color-jitter', 0.4)
+    yield flag(w, 'grow schedule without a growth', '--grow-schedule', 'continue')
+    yield flag(w, 'grow mode without a growth', '--grow-mode', 'preserve')
     yield flag(w, 'submit to slurm from a machine without it', '--submit', '--cluster', 'slurm')
 
 
@@ -295,6 +298,9 @@ def shard_cases(w: World):
 def shard_folder_cases(w: World, img: Path):
     """make_shards on folders holding other files, and on images that do not read."""
     a_file = w.root / 'afile.txt'
+    killed = w.fresh('killed')
+    yield ('shards: a build killed half-way, then rebuilt', 'ok', lambda: kill_and_rebuild(w, killed),
+           lambda: leftovers(killed))
     kept = w.fresh('kept')
     kept.mkdir()
     for name in ('kept-train-notes.tar', 'kept-train-g1-000000.tar', 'README.txt'):
@@ -362,6 +368,38 @@ def grow_cases(w: World):
                                                        w.fresh().with_suffix('.pth')), lambda: None)
     yield ('timm_script: missing script', 'refused', lambda: sh('timm_script', w.root / 'validate.py'), lambda: None)
     yield ('timm_script: a folder', 'refused', lambda: sh('timm_script', w.root), lambda: None)
+
+
+def kill_and_rebuild(w: World, out: Path):
+    """make_shards over 600 images, SIGKILLed once it has written its journal, then run again."""
+    src = w.root / 'many'
+    if not src.exists():
+        rng = np.random.default_rng(1)
+        for c in range(3):
+            (src / f'c{c}').mkdir(parents=True)
+            for i in range(200):
+                Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(src / f'c{c}' / f'{i}.png')
+    out.mkdir()
+    (out / 'killed-train-notes.tar').write_text('mine')
+    cmd = [sys.executable, '-m', 'tokenformer_vit.make_shards', '--input', str(src), '--split', 'train', '--output',
+           str(out), '--shard-size', '20', '--workers', '1']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not list(out.glob('*-g1-*.tar')):
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def leftovers(out: Path):
+    """A problem if the folder holds more than _info.json's shards, its own two files and the user's."""
+    info = json.loads((out / '_info.json').read_text())
+    listed = {f for e in info['splits'].values() for f in e['filenames']}
+    extra = sorted(set(p.name for p in out.iterdir()) - listed - {'_info.json', '.make_shards.lock',
+                                                                 'killed-train-notes.tar'})
+    if (out / 'killed-train-notes.tar').read_text() != 'mine':
+        return 'the user file changed'
+    return f'left behind: {extra}' if extra else None
 
 
 def classify(expected: str, res, problem) -> str:

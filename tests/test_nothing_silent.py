@@ -119,11 +119,15 @@ def test_the_printed_validate_command_gives_the_jobs_figures_for_a_softmax_model
 
 
 def test_the_grow_commands_printed_validate_command_gives_the_grown_models_figures(shards, tmp_path):
-    out = tmp_path / 'run'
-    train('--data-dir', shards, '--output', out, '--epochs', 1, '--model-kwargs', 'depth=2', 'embed_dim=32',
-          'num_heads=2', 'attn_tokens=16', 'ffn_tokens=32', 'patch_size=8', 'pattention_norm=gelu_l2')
+    import timm
+    kwargs = dict(depth=2, embed_dim=32, num_heads=2, attn_tokens=16, ffn_tokens=32, patch_size=8,
+                  pattention_norm='gelu_l2')
+    torch.manual_seed(0)
+    model = timm.create_model('tokenformer_vit_tiny', img_size=32, num_classes=4, **kwargs)
+    small = tmp_path / 'small.pth.tar'  # as the job saves it: the weights, the arch and the flags
+    torch.save(dict(state_dict=model.state_dict(), arch='tokenformer_vit_tiny', args=dict(model_kwargs=kwargs)), small)
     grown = tmp_path / 'grown model.pth.tar'
-    res = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(out / 'last.pth.tar'),
+    res = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(small),
                           '--attn-tokens', '24', '--ffn-tokens', '48', '--mode', 'paper', '--output', str(grown)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -292,7 +296,7 @@ def test_kill_9_and_resume_over_shards_with_undecodable_samples_gives_the_uninte
         shutil.copy(shards / f, data / f)
     info['splits']['train'] = entry
     (data / '_info.json').write_text(json.dumps(info))
-    flags = ['--data-dir', data, '--epochs', 3, '--workers', 2, '--max-image-pixels', 4000, '--save-every-steps', 1,
+    flags = ['--data-dir', data, '--epochs', 2, '--workers', 2, '--max-image-pixels', 4000, '--save-every-steps', 1,
              '--batch-size', 4]
     straight = train(*flags, '--output', tmp_path / 'straight')
     assert 'could not be decoded' in straight.stderr or 'above the limit' in straight.stderr
@@ -318,3 +322,24 @@ def test_kill_9_and_resume_over_shards_with_undecodable_samples_gives_the_uninte
     assert a[0]['step'] == b[0]['step']
     differ = [k for k, v in a[1].items() if not torch.equal(v, b[1][k])]
     assert not differ, f'{len(differ)} of {len(a[1])} tensors differ'
+
+
+@pytest.mark.parametrize('workers,repeats', [(2, 1), (2, 2), (0, 3)])
+def test_a_resumed_epoch_over_undecodable_samples_gives_exactly_the_batches_not_yet_trained(tmp_path, workers, repeats):
+    # the loader alone: an epoch read straight, then resumed after each k batches from the position a
+    # save would record (ShardStream.position), gives batches k.. of the straight epoch, bit for bit
+    from test_data import shard_loader
+    data, entry = foreign_shards(tmp_path / 'wds')
+    (data / '_info.json').write_text(json.dumps(dict(name='other', splits=dict(train=entry))))
+    loader = shard_loader(data, 'train', 4, True, workers=workers, max_pixels=4000, aug_repeats=repeats,
+                          img_size=16, rand_augment=True)
+    loader.dataset.set_epoch(0)
+    straight = list(loader)
+    stream = loader.dataset
+    positions = {k: stream.position(k) for k in range(1, len(straight))}
+    for k in (1, 2, 5, len(straight) - 1):
+        stream.set_epoch(0, skip_batches=k, position=positions[k])
+        rest = list(loader)
+        assert len(rest) == len(straight) - k
+        for (a, ta), (b, tb) in zip(straight[k:], rest):
+            assert torch.equal(a, b) and torch.equal(ta, tb), k
