@@ -105,7 +105,7 @@ def test_shrinking_and_unknown_modes_are_refused():
         grow_model(model, attn_tokens=100)
     with pytest.raises(GrowthError, match="Unknown growth mode 'double'"):
         grow_model(model, attn_tokens=300, mode='double')
-    with pytest.raises(GrowthError, match="use mode='paper'"):
+    with pytest.raises(GrowthError, match='preserve growth is exact only for the l2_gelu and gelu_l2 norms, and this layer uses pattention_norm=softmax'):
         grow_pattention(Pattention(8, 8, 8, norm='softmax'), 16)
 
 

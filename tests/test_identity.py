@@ -115,11 +115,6 @@ def test_eval_only_compares_only_what_builds_the_model(softmax_run, shards, caps
     assert code == 2 and 'pattention_norm=softmax' in one_sentence(err)
 
 
-class _Plan:
-    def __init__(self, grow, schedule):
-        self.growth = GrowthPlan.parse(grow, schedule=schedule)
-
-
 @pytest.mark.parametrize('grow,schedule,step,epochs,allowed', [
     ('8:24:48', 'restart', 30, 12, True),   # before the growth: this segment ends at epoch 8 either way
     ('8:24:48', 'restart', 30, 9, True),
@@ -134,7 +129,7 @@ def test_epochs_change_only_where_the_schedule_so_far_does_not_depend_on_it(grow
     from tokenformer_vit.config import study_config
     from tokenformer_vit.errors import ConfigError
     from tokenformer_vit.run import check_epochs
-    config = replace(study_config(model='tokenformer_vit_tiny', epochs=epochs), growth=_Plan(grow, schedule).growth)
+    config = replace(study_config(model='tokenformer_vit_tiny', epochs=epochs), growth=GrowthPlan.parse(grow, schedule=schedule))
     resume = dict(step=step, args=dict(epochs=10))
     if allowed:
         check_epochs(config, resume, 10, 'last.pth.tar')

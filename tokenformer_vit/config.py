@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from .errors import ConfigError, UserError
-from .growth import GROWTH_MODES, GROW_SCHEDULES, GrowthPlan
+from .growth import GROWTH_MODES, GROW_SCHEDULES, GrowthPlan, check_exact
 from .pattention import PATTENTION_IMPLS, Pattention
 from .run import RunConfig
 from .data import DataConfig
@@ -367,12 +367,9 @@ def _check_effective(args: argparse.Namespace) -> None:
 def _check_grow_modes(args: argparse.Namespace, model: torch.nn.Module) -> None:
     """A growth that keeps the function (preserve, ramp) is exact only for the L2 norms: refused for a
     softmax model here, not at the growth's epoch."""
-    norms = {m.norm for m in model.modules() if isinstance(m, Pattention)}
-    exact = [e for e in args.grow.events if args.grow.mode_of(e) in ('preserve', 'ramp')]
-    if 'softmax' in norms and exact:
-        raise ConfigError(f'--grow {exact[0]} in {args.grow.mode_of(exact[0])} mode is exact only for the l2_gelu '
-                          f'and gelu_l2 norms, and this model uses pattention_norm=softmax: pass --grow-mode paper '
-                          f'(or :paper on the event).')
+    for norm in {m.norm for m in model.modules() if isinstance(m, Pattention)}:
+        for event in args.grow.events:
+            check_exact(args.grow.mode_of(event), norm, f'--grow {event} of --model {args.model}')
 
 
 def _check_model(args: argparse.Namespace) -> torch.nn.Module:

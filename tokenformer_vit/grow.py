@@ -28,7 +28,7 @@ from .atomic import atomic_file, save_atomic
 from .checkpoint import (check_hf_dir, place_hf_dir, read_checkpoint, recorded_model_kwargs,
                          validate_command, validate_flags, write_hf_dir)
 from .errors import UserError
-from .growth import GROWTH_MODES, GrowthError, grow_checkpoint, token_counts
+from .growth import GROWTH_MODES, GrowthError, check_exact, grow_checkpoint, token_counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +98,7 @@ def main(argv=None) -> int:
                               f"e.g. --model tokenformer_vit_base.")
         if args.hf_dir and not arch:
             raise GrowthError(f"{args.checkpoint} records no 'arch': pass --model, e.g. --model tokenformer_vit_base.")
-        if args.mode == 'preserve' and model_kwargs.get('pattention_norm') == 'softmax':
-            raise GrowthError(f'{args.checkpoint} is a pattention_norm=softmax model, which --mode preserve cannot grow '
-                              f'exactly (softmax gives the new tokens weight): grow it with --mode paper.')
+        check_exact(args.mode, model_kwargs.get('pattention_norm', 'l2_gelu'), str(args.checkpoint))
         old = token_counts(ckpt['state_dict'], args.checkpoint)
         dropped = grow_checkpoint(ckpt, args.attn_tokens, args.ffn_tokens, args.mode, args.seed, args.checkpoint)
         new = token_counts(ckpt['state_dict'])

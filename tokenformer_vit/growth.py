@@ -29,6 +29,18 @@ GROWTH_MODES = ('preserve', 'paper', 'ramp')
 GROW_SCHEDULES = ('continue', 'restart')  # what the learning-rate schedule does at a growth
 
 
+EXACT_NORMS = ('l2_gelu', 'gelu_l2')  # the norms whose zero scores weigh nothing: 'preserve' and 'ramp' are exact
+
+
+def check_exact(mode: str, norm: str, what: str = 'the model') -> None:
+    """The one rule of function-keeping growth: 'preserve' and 'ramp' need an EXACT_NORMS norm;
+    softmax gives the new tokens' zero scores a weight. Checked by the layer, the job's flags and the
+    grow command alike."""
+    if mode in ('preserve', 'ramp') and norm not in EXACT_NORMS:
+        raise GrowthError(f'{mode} growth is exact only for the {" and ".join(EXACT_NORMS)} norms, and {what} uses '
+                          f'pattention_norm={norm} (softmax gives zero scores a weight): grow in paper mode.')
+
+
 def _check_mode(mode: str) -> None:
     if mode not in GROWTH_MODES:
         raise GrowthError(f"Unknown growth mode {mode!r}: use 'preserve' (function-preserving), 'paper' or 'ramp'.")
@@ -82,9 +94,7 @@ def grow_pattention(layer: Pattention, num_tokens: int, mode: str = 'preserve',
     _check_mode(mode)
     if num_tokens == layer.num_tokens:
         return []
-    if mode in ('preserve', 'ramp') and layer.norm == 'softmax':
-        raise GrowthError(f"mode={mode!r} is exact only for the 'l2_gelu' and 'gelu_l2' norms "
-                          "(softmax gives zero scores a non-zero weight): use mode='paper'.")
+    check_exact(mode, layer.norm, 'this layer')
     old_key, old_value = layer.key_tokens, layer.value_tokens
     with torch.no_grad():
         key, value, tau = grow_tokens(old_key.detach(), old_value.detach(), layer.tau, num_tokens, mode,

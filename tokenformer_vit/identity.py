@@ -49,8 +49,8 @@ def flag_text(key: str, value) -> str:
     """How a flag's value is written on a command line: `--grow-mode paper`, `--model-kwargs a=1 b=2`."""
     flag = '--' + key.replace('_', '-')
     if isinstance(value, bool):
-        return flag if value else f'--no-{key.replace("_", "-")}' if key in ('rand_augment', 'progress', 'compile') \
-            else f'without {flag}'
+        negated = f'--no-{key.replace("_", "-")}'
+        return flag if value else negated if negated in build_parser()._option_string_actions else f'without {flag}'
     if value is None:
         return f'no {flag}'
     if isinstance(value, dict):
