@@ -26,7 +26,7 @@ import torch
 
 from tokenformer_vit.config import data_config, job_args
 from tokenformer_vit.data import build_loader
-from tokenformer_vit.make_shards import make_shards
+from tokenformer_vit.make_shards import ShardSpec, make_shards
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -41,7 +41,7 @@ def build_repeated_shards(src: Path, repeat: int, out: Path) -> Path:
                 if not link.exists():
                     os.symlink(img.resolve(), link)
     root = out / 'bench'
-    make_shards(str(folder), 'train', root, shard_size=128, workers=os.cpu_count() or 1, progress=False)
+    make_shards(str(folder), 'train', root, ShardSpec(shard_size=128, workers=os.cpu_count() or 1, progress=False))
     return root
 
 

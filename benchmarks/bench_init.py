@@ -78,7 +78,8 @@ def main() -> None:
         rows.append(dict(value_std=choice, residual_std_growth=statistics.mean(growth), top1=accs,
                          top1_mean=statistics.mean(accs), top1_sd=statistics.stdev(accs) if len(accs) > 1 else 0.0))
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(vars(args), threads=1, torch=torch.__version__, rows=rows), indent=1))
+        Path(args.json).write_text(json.dumps(dict(vars(args), threads=1, torch=torch.__version__, rows=rows),
+                                              indent=1))
         print(f'wrote {args.json}')
 
 

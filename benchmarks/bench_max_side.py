@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenformer_vit.make_shards import make_shards
+from tokenformer_vit.make_shards import ShardSpec, make_shards
 from bench_data import report
 from tokenformer_vit.config import data_config, job_args
 from tokenformer_vit.transforms import EvalTransform, decode_rgb
@@ -44,7 +44,7 @@ def main() -> None:
         sets = {}
         for label, max_side in (('original', None), ('max_side', args.max_side)):
             root = Path(tmp) / label
-            make_shards(args.images, 'train', root, max_side=max_side, progress=False)
+            make_shards(args.images, 'train', root, ShardSpec(max_side=max_side, progress=False))
             sets[label] = samples(root)
             sets[label + '_bytes'] = sum(f.stat().st_size for f in root.glob('*.tar'))
     original, small = sets['original'], sets['max_side']

@@ -7,14 +7,15 @@ step. Both models of a pair are timed step by step in alternation and medians ar
 drift in the machine's speed falls on both alike. Eager, and with --compile also torch.compile
 (`--compile-mode regional` compiles each block instead of the whole model: identical blocks share
 one compilation, so it compiles in a fraction of the time, for both models of a pair alike).
-`--impls torch fused` times the Tokenformer once per Pattention implementation, each against the
+`--impls torch triton` times the Tokenformer once per Pattention implementation, each against the
 same ViT in the same interleaved loop.
 
     python benchmarks/bench_model.py                       # CPU fp32: base_pm vs ViT-B
     python benchmarks/bench_model.py --pairs all --compile  # every size, eager and compiled
     python benchmarks/bench_model.py --device cuda --amp bf16 --batch 256 --train-batch 128 --json out.json
-    python benchmarks/bench_model.py --device cuda --pairs tiny base_pm --impls torch fused --compile
-    python benchmarks/bench_model.py --device cuda --pairs tiny --compile --only-compiled --inductor-mode reduce-overhead
+    python benchmarks/bench_model.py --device cuda --pairs tiny base_pm --impls torch triton --compile
+    python benchmarks/bench_model.py --device cuda --pairs tiny --compile --only-compiled \
+        --inductor-mode reduce-overhead
 """
 import argparse
 import contextlib
@@ -178,7 +179,7 @@ def main() -> None:
                         help="torch.compile's mode: reduce-overhead replays CUDA graphs, max-autotune-no-cudagraphs "
                              "tunes inductor's GEMM templates and fuses elementwise work into them")
     parser.add_argument('--only-compiled', action='store_true', help='with --compile, skip the eager rows')
-    parser.add_argument('--impls', nargs='+', default=['torch'], choices=['auto', 'torch', 'fused'],
+    parser.add_argument('--impls', nargs='+', default=['torch'], choices=['torch', 'triton'],
                         help="the Tokenformer's Pattention implementations to time")
     parser.add_argument('--json', default=None, help='write the rows to this file')
     args = parser.parse_args()

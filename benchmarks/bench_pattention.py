@@ -113,11 +113,11 @@ def main() -> None:
     parser.add_argument('--iters', type=int, default=60)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', action='store_true', help='bf16 autocast (the GPU setting)')
-    parser.add_argument('--impls', nargs='+', default=None, choices=['torch', 'fused'],
+    parser.add_argument('--impls', nargs='+', default=None, choices=['torch', 'triton'],
                         help='default: torch and fused on CUDA, torch elsewhere')
     parser.add_argument('--json', default=None, help='also write the rows to this file')
     args = parser.parse_args()
-    impls = args.impls or (['torch', 'fused'] if args.device.startswith('cuda') else ['torch'])
+    impls = args.impls or (['torch', 'triton'] if args.device.startswith('cuda') else ['torch'])
     if args.device.startswith('cuda'):
         torch.backends.cuda.matmul.allow_tf32 = True
 
@@ -137,7 +137,8 @@ def main() -> None:
         with open(args.json, 'w') as f:
             json.dump(dict(device=dev, amp='bf16' if args.amp else 'fp32', batch=args.batch, seq=args.seq,
                            dim=args.dim, torch=torch.__version__,
-                           rows=[{('pass' if k == 'pass_' else k): v for k, v in r.items()} for r in rows]), f, indent=1)
+                           rows=[{('pass' if k == 'pass_' else k): v for k, v in r.items()} for r in rows]), f,
+                           indent=1)
 
 
 if __name__ == '__main__':

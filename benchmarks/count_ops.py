@@ -47,7 +47,7 @@ def block_ops(block: torch.nn.Module, dim: int, amp: bool, batch: int = 2, token
     return counter.ops
 
 
-def blocks(dim: int, heads: int, attn_tokens: int, ffn_tokens: int, impl: str = 'auto'):
+def blocks(dim: int, heads: int, attn_tokens: int, ffn_tokens: int, impl: str = 'torch'):
     """(ours, timm's ViT block of the same width and MLP ratio 4)."""
     from timm.models.vision_transformer import Block
     return (TokenformerBlock(dim, heads, attn_tokens, ffn_tokens, pattention_impl=impl),

@@ -64,7 +64,7 @@ else
   export DEV="--device cuda" BENCH="--iters 12 --warmup 3" PAIRS="tiny small base_pm" CG_PAIRS="tiny small"
   prof="--pairs tiny base_pm"
   prof_fused="--pairs base_pm"
-  layer="--batch 64 --amp --iters 40 --tokens 768 3072 --impls torch fused"
+  layer="--batch 64 --amp --iters 40 --tokens 768 3072 --impls torch triton"
   job="--steps 120 --batch-size 128 --images 3200 --val-images 512 --model-kwargs depth=6"
   passes=""
   modes="default max-autotune-no-cudagraphs"
@@ -103,7 +103,7 @@ stage info 15 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,c
 stage check 50 bash -c 'python3 -m pytest -q -x -p no:cacheprovider tests/test_compile.py && python3 benchmarks/count_ops.py'
 stage profile 120 bash -c "python3 benchmarks/profile_step.py \$DEV $prof --modes eager compiled \
   --json $out/${prefix}_profile.json --markdown $out/${prefix}_profile.md &&
-  python3 benchmarks/profile_step.py \$DEV $prof_fused --modes eager --impls fused --no-vit --append \
+  python3 benchmarks/profile_step.py \$DEV $prof_fused --modes eager --impls triton --no-vit --append \
   --json $out/${prefix}_profile.json --markdown $out/${prefix}_profile.md"
 stage bench 120 bash -c 'python3 benchmarks/bench_model.py $DEV $BENCH --pairs $PAIRS --json "$OUT_DIR/${PREFIX_}_eager.json";
   compiled_pairs default $PAIRS'

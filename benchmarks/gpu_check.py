@@ -3,7 +3,7 @@
 `vit_base_patch16_224` trained the same way; images/s per epoch from each run's summary.csv.
 
     python benchmarks/gpu_check.py [--steps 300] [--batch-size 128] [--images 6400] [--json out.json]
-    python benchmarks/gpu_check.py --pattention-impl fused --no-baseline   # the fused path alone
+    python benchmarks/gpu_check.py --pattention-impl triton --no-baseline   # the fused path alone
 
 The images are smooth random colour fields, 500x375 like an average ImageNet photo, in 100 classes
 (content does not matter for throughput). Every run evaluates once per epoch, as training does.
@@ -38,7 +38,7 @@ def _write_images(job):
 
 
 def build_shards(root: Path, images: int, val_images: int, workers: int) -> Path:
-    from tokenformer_vit.make_shards import make_shards
+    from tokenformer_vit.make_shards import ShardSpec, make_shards
     wds = root / 'wds'
     if (wds / '_info.json').is_file():
         return wds
@@ -48,7 +48,7 @@ def build_shards(root: Path, images: int, val_images: int, workers: int) -> Path
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_images, [(str(folder), s, min(chunk, n - s), seed * 1000 + s)
                                           for s in range(0, n, chunk)]))
-        make_shards(str(folder), split, wds, shard_size=256, workers=workers, progress=False)
+        make_shards(str(folder), split, wds, ShardSpec(shard_size=256, workers=workers, progress=False))
     return wds
 
 
@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument('--json', default=None)
     p.add_argument('--models', nargs=2, default=('tokenformer_vit_base_pm', 'vit_base_patch16_224'))
     p.add_argument('--model-kwargs', nargs='*', default=[], help='for both models, e.g. depth=2 (CPU smoke runs)')
-    p.add_argument('--pattention-impl', default='auto', choices=['auto', 'torch', 'fused'], help='for the Tokenformer')
+    p.add_argument('--pattention-impl', default='torch', choices=['torch', 'triton'], help='for the Tokenformer')
     p.add_argument('--baseline', action=argparse.BooleanOptionalAction, default=True,
                    help='also train the ViT the same way, for the images/s ratio')
     args = p.parse_args()

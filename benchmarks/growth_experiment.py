@@ -212,7 +212,8 @@ def _cache_path(cache: Path, task: tuple) -> Path:
     key = json.dumps(dict(setting, threads=torch.get_num_threads()), sort_keys=True)
     folder = hashlib.sha256(key.encode()).hexdigest()[:12]
     size = size or cfg['sizes'][-1]
-    return Path(cache) / folder / f'{strategy}-{size[0]}x{size[1]}-{epochs or sum(cfg["ladder_epochs"])}ep-seed{seed}.json'
+    epochs = epochs or sum(cfg['ladder_epochs'])
+    return Path(cache) / folder / f'{strategy}-{size[0]}x{size[1]}-{epochs}ep-seed{seed}.json'
 
 
 def _cost(task: tuple) -> float:
@@ -318,7 +319,8 @@ def summarize(cfg, runs) -> dict:
             flops=statistics.mean(r['flops'] for r in group), seconds=statistics.mean(r['seconds'] for r in group),
             seeds=len(finals))
     target = out[f'scratch {largest[0]}/{largest[1]}']
-    scratch_curve = _mean_curve([r['points'] for r in runs if r['strategy'] == 'scratch' and r['size'] == list(largest)])
+    scratch_curve = _mean_curve([r['points'] for r in runs
+                                 if r['strategy'] == 'scratch' and r['size'] == list(largest)])
     for strategy in sorted({r['strategy'] for r in runs} - {'scratch'}):
         ladder = out[f'{strategy} {largest[0]}/{largest[1]}']
         bar = target['top1'] - max(target['spread'], ladder['spread'])
@@ -411,7 +413,8 @@ def parse(argv):
     p.add_argument('--strategies', default=None,
                    help='comma-separated: scratch and the config\'s ladders (default: all of them)')
     p.add_argument('--jobs', type=int, default=None,
-                   help='runs trained at once, each in its own process (default: one per CPU core, at most one per run)')
+                   help='runs trained at once, each in its own process (default: one per CPU core, at most one '
+                        'per run)')
     p.add_argument('--cache', default=None,
                    help='folder that keeps every finished run, so that an interrupted study resumes where it stopped '
                         '(default: OUTPUT/growth_runs; "none" to keep nothing)')
@@ -456,7 +459,8 @@ def _main(args, cfg) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     data = cfg.get('dataset', 'cifar10').replace('-', '_')
-    name = ('growth_convergence' if args.convergence else 'growth_vs_scratch') + f'_{data}' + ('_quick' if args.quick else '')
+    name = (('growth_convergence' if args.convergence else 'growth_vs_scratch') + f'_{data}'
+            + ('_quick' if args.quick else ''))
     sizes_flops = {tuple(s): train_flops_per_image(cfg, s) for s in cfg['sizes']}
     print('training GFLOPs per image: ' + ', '.join(f'{a}/{b}: {f / 1e9:.4f}' for (a, b), f in sizes_flops.items()),
           flush=True)

@@ -56,7 +56,8 @@ def one_seed(args, data, probe, seed: int):
                           batch_size=args.batch_size, lr=args.lr, min_lr=args.lr_at_growth, warmup_lr=1e-5,
                           warmup_epochs=0.1 * args.epochs, weight_decay=0.05, opt_betas=(0.9, 0.999), smoothing=0.0,
                           mixup=0.0, cutmix=0.0, reprob=0.0, ema_decay=0.0,
-                          model_kwargs=dict(depth=6, patch_size=7, in_chans=1, attn_tokens=SMALL[0], ffn_tokens=SMALL[1]))
+                          model_kwargs=dict(depth=6, patch_size=7, in_chans=1, attn_tokens=SMALL[0],
+                                            ffn_tokens=SMALL[1]))
     model, _ = build_model(config, 10)
     batches = TensorBatches(data[0], data[1], args.batch_size, seed=seed)
     run = build_run(config, model, 10, batches.batches_per_rank)

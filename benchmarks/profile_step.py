@@ -107,7 +107,8 @@ def profile_one(args) -> dict:
                inductor_mode=args.inductor_mode if args.mode == 'compiled' else None,
                device=torch.cuda.get_device_name() if cuda else 'cpu', torch=torch.__version__, batch=args.batch,
                img_size=args.img_size, amp='bf16' if cuda else 'none', steps=args.steps, warmup_s=warmup_s,
-               wall_ms=statistics.median(w for w, _ in plain) * 1e3, issue_ms=statistics.median(i for _, i in plain) * 1e3,
+               wall_ms=statistics.median(w for w, _ in plain) * 1e3, issue_ms=statistics.median(i for _,
+                                                                                                i in plain) * 1e3,
                profiled_wall_ms=statistics.median(w for w, _ in profiled) * 1e3, device_ms=device_us / 1e3 / args.steps,
                launches=sum(e.count for e in kernels) / args.steps,
                top=[dict(name=e.key[:120], ms=time_of(e) / 1e3 / args.steps, calls=e.count / args.steps,
@@ -135,7 +136,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--pairs', nargs='+', default=['tiny', 'base_pm'], choices=list(PAIRS))
     p.add_argument('--modes', nargs='+', default=['eager', 'compiled'], choices=['eager', 'compiled'])
-    p.add_argument('--impls', nargs='+', default=['torch'], choices=['auto', 'torch', 'fused'],
+    p.add_argument('--impls', nargs='+', default=['torch'], choices=['torch', 'triton'],
                    help="our Pattention paths to profile (each against the same ViT)")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--batch', type=int, default=None, help='train batch (CUDA 128, CPU 2)')

@@ -162,8 +162,10 @@ def file_cases(w: World):
                                                 attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
                                                 num_classes=4).state_dict()}, wide)
     yield flag(w, 'initial checkpoint of another width', '--initial-checkpoint', wide)
-    yield ('output is a file', 'refused', lambda: job('--data-dir', w.data, '--output', a_file, '--epochs', 1), lambda: None)
-    yield ('missing config file', 'refused', lambda: job('--config', w.root / 'no.yaml', '--data-dir', w.data, '--output', w.fresh()),
+    yield ('output is a file', 'refused', lambda: job('--data-dir', w.data, '--output', a_file, '--epochs', 1),
+           lambda: None)
+    yield ('missing config file', 'refused', lambda: job('--config', w.root / 'no.yaml', '--data-dir', w.data,
+                                                         '--output', w.fresh()),
            lambda: None)
     yield config(w, 'config with an unknown key', 'epochz: 3\n')
     yield config(w, 'config list for a number', 'epochs: [1, 2]\n')
@@ -237,7 +239,8 @@ def folder_cases(w: World):
         out.mkdir()
         (out / name).write_text('mine')
         yield (f'run folder holding a user {name}', 'refused',
-               lambda out=out: job('--data-dir', w.data, '--output', out, '--epochs', 1, '--save-every-epochs', 1, '--overwrite'),
+               lambda out=out: job('--data-dir', w.data, '--output', out, '--epochs', 1, '--save-every-epochs', 1,
+                                   '--overwrite'),
                lambda out=out, name=name: None if (out / name).read_text() == 'mine' else f'{name} replaced')
     notes = w.fresh('notes')
     notes.mkdir()
@@ -246,11 +249,13 @@ def folder_cases(w: World):
            lambda: None if (notes / 'notes.txt').read_text() == 'mine' else 'notes.txt changed')
     ours = w.resumable()
     (ours / 'last.pth.tar').unlink()
-    yield ('earlier results without --overwrite', 'refused', lambda: job('--data-dir', w.data, '--output', ours, '--epochs', 1),
+    yield ('earlier results without --overwrite', 'refused', lambda: job('--data-dir', w.data, '--output', ours,
+                                                                         '--epochs', 1),
            lambda: None if (ours / 'best.pth.tar').exists() else 'best.pth.tar removed')
     ours2 = w.resumable()
     (ours2 / 'last.pth.tar').unlink()
-    yield ('earlier results with --overwrite', 'ok', lambda: job('--data-dir', w.data, '--output', ours2, '--epochs', 1, '--overwrite'),
+    yield ('earlier results with --overwrite', 'ok', lambda: job('--data-dir', w.data, '--output', ours2, '--epochs',
+                                                                 1, '--overwrite'),
            lambda: None)
 
 
@@ -339,32 +344,37 @@ def grow_cases(w: World):
     """The grow command and timm_script."""
     import timm
     g = ['--attn-tokens', 24, '--ffn-tokens', 48]
-    yield ('grow: missing checkpoint', 'refused', lambda: sh('grow', '--checkpoint', w.root / 'none.pth', *g, '--output',
+    yield ('grow: missing checkpoint', 'refused', lambda: sh('grow_checkpoint', '--checkpoint', w.root / 'none.pth',
+                                                             *g, '--output',
                                                               w.fresh()), lambda: None)
-    yield ('grow: shrink', 'refused', lambda: sh('grow', '--checkpoint', w.ckpt, '--attn-tokens', 8, '--output',
+    yield ('grow: shrink', 'refused', lambda: sh('grow_checkpoint', '--checkpoint', w.ckpt, '--attn-tokens', 8,
+                                                 '--output',
                                                   w.fresh()), lambda: None)
-    yield ('grow: output is the input', 'refused', lambda: sh('grow', '--checkpoint', w.ckpt, *g, '--output', w.ckpt),
+    yield ('grow: output is the input', 'refused', lambda: sh('grow_checkpoint', '--checkpoint', w.ckpt, *g,
+                                                              '--output', w.ckpt),
            lambda: None)
     exists = w.root / 'exists.pth'
     exists.write_text('mine')
-    yield ('grow: output exists', 'refused', lambda: sh('grow', '--checkpoint', w.ckpt, *g, '--output', exists),
+    yield ('grow: output exists', 'refused', lambda: sh('grow_checkpoint', '--checkpoint', w.ckpt, *g, '--output',
+                                                        exists),
            lambda: None if exists.read_text() == 'mine' else 'output replaced')
-    yield ('grow: unknown mode', 'refused', lambda: sh('grow', '--checkpoint', w.ckpt, *g, '--mode', 'x', '--output',
+    yield ('grow: unknown mode', 'refused', lambda: sh('grow_checkpoint', '--checkpoint', w.ckpt, *g, '--mode', 'x',
+                                                       '--output',
                                                         w.fresh()), lambda: None)
     hf = w.fresh('hf')
     hf.mkdir()
     (hf / 'notes.txt').write_text('mine')
     yield ('grow: hf dir of other files', 'refused',
-           lambda: sh('grow', '--checkpoint', w.ckpt, *g, '--output', w.fresh(), '--hf-dir', hf),
+           lambda: sh('grow_checkpoint', '--checkpoint', w.ckpt, *g, '--output', w.fresh(), '--hf-dir', hf),
            lambda: None if (hf / 'notes.txt').read_text() == 'mine' else 'hf-dir file changed')
     resnet = w.root / 'resnet.pth'
     torch.save(timm.create_model('resnet18', num_classes=4).state_dict(), resnet)
-    yield ('grow: a resnet checkpoint', 'refused', lambda: sh('grow', '--checkpoint', resnet, *g, '--output',
+    yield ('grow: a resnet checkpoint', 'refused', lambda: sh('grow_checkpoint', '--checkpoint', resnet, *g, '--output',
                                                                w.fresh()), lambda: None)
     ddp = w.root / 'ddp.pth'
     state = torch.load(w.ckpt, map_location='cpu', weights_only=True)['state_dict']
     torch.save({'state_dict': {'module.' + k: v for k, v in state.items()}}, ddp)
-    yield ('grow: a DDP checkpoint', 'ok', lambda: sh('grow', '--checkpoint', ddp, *g, '--output',
+    yield ('grow: a DDP checkpoint', 'ok', lambda: sh('grow_checkpoint', '--checkpoint', ddp, *g, '--output',
                                                        w.fresh().with_suffix('.pth')), lambda: None)
     yield ('timm_script: missing script', 'refused', lambda: sh('timm_script', w.root / 'validate.py'), lambda: None)
     yield ('timm_script: a folder', 'refused', lambda: sh('timm_script', w.root), lambda: None)

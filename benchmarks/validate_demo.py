@@ -8,7 +8,8 @@ compares both with the job's own last evaluation in RUN/summary.csv. validate.py
 repository, not in its wheel: pass a clone.
 
     git clone https://github.com/huggingface/pytorch-image-models timm-src
-    python benchmarks/validate_demo.py --timm-src timm-src [--run runs/demo] [--json benchmarks/results/demo_validate.json]
+    python benchmarks/validate_demo.py --timm-src timm-src [--run runs/demo] \
+        [--json benchmarks/results/demo_validate.json]
 """
 import argparse
 import csv
@@ -59,7 +60,8 @@ def main() -> int:
     top1 = validate(command, timm_src)
     with tempfile.TemporaryDirectory() as tmp:
         grown = Path(tmp) / 'grown.pth.tar'
-        subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(run / 'last.pth.tar'),
+        subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow_checkpoint', '--checkpoint',
+                        str(run / 'last.pth.tar'),
                         '--attn-tokens', '128', '--ffn-tokens', '512', '--output', str(grown)], check=True,
                        capture_output=True, cwd=REPO)
         state = torch.load(grown, map_location='cpu', weights_only=True)['state_dict']

@@ -86,7 +86,8 @@ def main() -> None:
         run([sys.executable, str(REPO / 'train_imagenet.py'), *TINY, *gelu, '--data-dir', str(data), '--output',
              str(work / 'small'), '--epochs', '2'])
         grown = work / 'grown model.pth.tar'
-        text = run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(work / 'small' / 'last.pth.tar'),
+        text = run([sys.executable, '-m', 'tokenformer_vit.grow_checkpoint', '--checkpoint',
+                    str(work / 'small' / 'last.pth.tar'),
                     '--attn-tokens', '24', '--ffn-tokens', '48', '--mode', 'paper', '--output', str(grown)])
         command = next(line.strip() for line in text.splitlines() if 'validate.py' in line and '--checkpoint' in line)
         command = command.replace('--data-dir DATA', f'--data-dir {data} --dataset wds/bench --device cpu')

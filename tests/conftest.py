@@ -28,6 +28,7 @@ def shards(tmp_path_factory):
                 a = np.zeros((36, 40, 3), np.uint8)
                 a[..., c % 3] = 60 + 60 * (c // 3) + rng.integers(0, 40, (36, 40), dtype=np.uint8)
                 Image.fromarray(a).save(folder / f'{i}.jpg')
-        from tokenformer_vit.make_shards import make_shards
-        make_shards(str(root / 'images' / split), split, root / 'wds', shard_size=8, workers=1, progress=False)
+        from tokenformer_vit.make_shards import ShardSpec, make_shards
+        make_shards(str(root / 'images' / split), split, root / 'wds', ShardSpec(shard_size=8, workers=1,
+                                                                                 progress=False))
     return root / 'wds'

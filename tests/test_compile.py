@@ -19,7 +19,7 @@ from tokenformer_vit.run import build_model, build_run, evaluate_run, train_epoc
 from tokenformer_vit.triton_env import interpreting
 
 # the fused path runs on CPU tensors only through Triton's interpreter (conftest.py sets it without a GPU)
-IMPLS = ['torch'] + (['fused'] if importlib.util.find_spec('triton') and (torch.cuda.is_available() or interpreting())
+IMPLS = ['torch'] + (['triton'] if importlib.util.find_spec('triton') and (torch.cuda.is_available() or interpreting())
                      else [])
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
@@ -83,7 +83,8 @@ def test_a_compiled_run_compiles_each_size_once_per_phase_through_four_growths(m
     model, history = build_model(config, num_classes=4)
     run = build_run(config, model, 4, updates_per_epoch=1, growth_history=history)
     g = torch.Generator().manual_seed(0)
-    batch = (torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g), torch.randint(0, 4, (4,), generator=g))
+    batch = (torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g), torch.randint(0, 4, (4,),
+                                                                                                  generator=g))
     per_size, before = [], [0]
 
     class OneBatch(list):  # the loader of an epoch of one batch

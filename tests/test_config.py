@@ -3,7 +3,7 @@ any work, and every shipped config minimal and buildable."""
 import pytest
 import torch
 
-from tokenformer_vit.config import parse_args
+from tokenformer_vit.config import job_config, parse_args
 from tokenformer_vit.growth import GrowthError, GrowthEvent, GrowthPlan
 
 from job import REPO, one_sentence, run_cli, train
@@ -119,14 +119,15 @@ TRAIN_CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*.yaml'))
 def test_every_training_config_parses_and_builds_its_model(config):
     import timm
     args = parse_args(['--config', str(REPO / 'configs' / config)])
+    plan = job_config(args).run.growth
     kwargs = dict(args.model_kwargs, **({'img_size': args.img_size} if args.img_size else {}))
     model = timm.create_model(args.model, device='meta', **kwargs)
-    for event in args.grow.events:
+    for event in plan.events:
         assert event.attn_tokens >= model.attn_tokens and event.ffn_tokens >= model.ffn_tokens
     if config == 'tokenformer_vit_base_pm_to_base.yaml':  # grows from _base_pm's token counts to _base's
         base = timm.create_model('tokenformer_vit_base', device='meta')
         assert (model.attn_tokens, model.ffn_tokens) == (576, 2304)
-        assert (args.grow.events[-1].attn_tokens, args.grow.events[-1].ffn_tokens) == (base.attn_tokens, base.ffn_tokens)
+        assert (plan.events[-1].attn_tokens, plan.events[-1].ffn_tokens) == (base.attn_tokens, base.ffn_tokens)
 
 
 @pytest.mark.parametrize('config', TRAIN_CONFIGS)

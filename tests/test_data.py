@@ -13,7 +13,7 @@ from PIL import Image
 
 from tokenformer_vit.data import DataConfig, DataError, build_loader
 from tokenformer_vit.errors import ShardError
-from tokenformer_vit.make_shards import make_shards
+from tokenformer_vit.make_shards import ShardSpec, make_shards
 from tokenformer_vit.transforms import MAX_IMAGE_PIXELS, Recipe, build_mixup, decode_rgb, normalize_batch
 
 
@@ -67,7 +67,7 @@ def targets(loader):
 
 def test_write_read_round_trip_keeps_keys_labels_and_bytes(tmp_path):
     src = image_folder(tmp_path / 'in')
-    entry = make_shards(str(src), 'validation', tmp_path / 'out', shard_size=5, workers=1, progress=False)
+    entry = make_shards(str(src), 'validation', tmp_path / 'out', ShardSpec(shard_size=5, workers=1, progress=False))
     assert entry['num_samples'] == 18 and entry['shard_lengths'] == [5, 5, 5, 3]
     seen = {}
     for name in entry['filenames']:
@@ -87,7 +87,7 @@ def test_write_read_round_trip_keeps_keys_labels_and_bytes(tmp_path):
 def test_timm_reads_our_shards_with_the_right_labels(tmp_path):
     from timm.data import create_dataset
     src = image_folder(tmp_path / 'in')
-    make_shards(str(src), 'train', tmp_path / 'out', shard_size=4, progress=False, name='toy')
+    make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(shard_size=4, progress=False, name='toy'))
     ds = create_dataset('wds/toy', root=str(tmp_path / 'out'), split='train', is_training=False)
     got = sorted(int(t) for _, t in ds)
     assert got == sorted([0] * 6 + [1] * 6 + [2] * 6)
@@ -101,8 +101,8 @@ def test_class_list_sets_indices_and_greyscale_cmyk_png_become_rgb_jpeg(tmp_path
     Image.new('CMYK', (20, 20), (0, 50, 100, 0)).save(src / 'a' / 'cmyk.jpg')
     Image.new('RGB', (700, 350), (10, 200, 30)).save(src / 'b' / 'big.png')
     (tmp_path / 'classes.txt').write_text('z\nb\na\n')
-    entry = make_shards(str(src), 'train', tmp_path / 'out', class_list=tmp_path / 'classes.txt', max_side=512,
-                        progress=False)
+    entry = make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(max_side=512, progress=False),
+                        class_list=tmp_path / 'classes.txt')
     with tarfile.open(tmp_path / 'out' / entry['filenames'][0]) as tar:
         samples = {}
         for m in tar.getmembers():
@@ -120,7 +120,7 @@ def test_class_list_sets_indices_and_greyscale_cmyk_png_become_rgb_jpeg(tmp_path
 def test_corrupt_images_are_skipped_named_and_counted(tmp_path, capsys):
     src = image_folder(tmp_path / 'in', per_class=2)
     (src / 'cat' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
-    entry = make_shards(str(src), 'train', tmp_path / 'out', progress=False)
+    entry = make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(progress=False))
     assert entry['num_samples'] == 6 and entry['skipped'] == 1
     assert 'broken.jpg' in capsys.readouterr().err
     bad = tmp_path / 'bad'  # no readable image at all: refused, and the split written before stays
@@ -128,7 +128,7 @@ def test_corrupt_images_are_skipped_named_and_counted(tmp_path, capsys):
     (bad / 'cat' / 'broken.jpg').write_bytes(b'not a jpeg')
     before = (tmp_path / 'out' / '_info.json').read_text()
     with pytest.raises(ShardError, match='none of the 1 images .* could be read'):
-        make_shards(str(bad), 'train', tmp_path / 'out', progress=False)
+        make_shards(str(bad), 'train', tmp_path / 'out', ShardSpec(progress=False))
     assert (tmp_path / 'out' / '_info.json').read_text() == before
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == sorted(['_info.json', '.make_shards.lock',
                                                                            *entry['filenames']])
@@ -136,9 +136,9 @@ def test_corrupt_images_are_skipped_named_and_counted(tmp_path, capsys):
 
 def test_rerun_leaves_no_temporary_or_stale_files_and_merges_splits(tmp_path):
     src = image_folder(tmp_path / 'in')
-    make_shards(str(src), 'train', tmp_path / 'out', shard_size=2, progress=False)
-    make_shards(str(src), 'validation', tmp_path / 'out', shard_size=9, progress=False)
-    make_shards(str(src), 'train', tmp_path / 'out', shard_size=9, progress=False)
+    make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(shard_size=2, progress=False))
+    make_shards(str(src), 'validation', tmp_path / 'out', ShardSpec(shard_size=9, progress=False))
+    make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(shard_size=9, progress=False))
     names = sorted(p.name for p in (tmp_path / 'out').iterdir())
     assert names == ['.make_shards.lock', '_info.json', 'out-train-g2-000000.tar', 'out-train-g2-000001.tar',
                      'out-validation-g1-000000.tar', 'out-validation-g1-000001.tar']
@@ -153,7 +153,8 @@ def test_make_shards_bad_requests_exit_2_with_one_sentence(tmp_path):
 
 
 def test_fashion_mnist_input_builds_rgb_shards(tmp_path):
-    entry = make_shards('fashion-mnist', 'validation', tmp_path / 'fm', shard_size=2500, workers=2, progress=False)
+    entry = make_shards('fashion-mnist', 'validation', tmp_path / 'fm', ShardSpec(shard_size=2500, workers=2,
+                                                                                  progress=False))
     assert entry['num_samples'] == 10_000 and entry['num_classes'] == 10
     loader = shard_loader(tmp_path / 'fm', 'validation', 500, False, workers=0, img_size=28)
     x, y = next(iter(loader))
@@ -245,27 +246,28 @@ def test_fashion_mnist_downloads_once_checked_and_atomically(tmp_path, monkeypat
     md5 = {name: fm._md5_of(src / name) for name in fm.MD5}
     monkeypatch.setattr(fm, 'MD5', md5)
     monkeypatch.setattr(fm, 'DEFAULT_ROOT', tmp_path / 'no-debian-package')
-    monkeypatch.setattr(fm, 'CACHE_ROOT', tmp_path / 'cache')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))  # read when used, not at import
+    cache = tmp_path / 'xdg' / 'tokenformer_vit' / 'fashion-mnist'
     monkeypatch.delenv('FASHION_MNIST_ROOT', raising=False)
     dead, good = (tmp_path / 'dead').as_uri() + '/', src.as_uri() + '/'
     monkeypatch.setattr(fm, 'MIRRORS', (dead, good))
     images, labels = fm.load_fashion_mnist('test')
     assert images.shape == (10_000, 28, 28) and sorted(set(labels.tolist())) == list(range(10))
-    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == sorted(md5)  # no temporary left
+    assert sorted(p.name for p in (cache).iterdir()) == sorted(md5)  # no temporary left
     monkeypatch.setattr(fm, 'MIRRORS', (dead,))
     assert fm.load_fashion_mnist('test')[0].shape == (10_000, 28, 28)  # cached: no download needed
     monkeypatch.setattr(fm, 'MD5', dict(md5, **{'t10k-labels-idx1-ubyte.gz': '0' * 32}))
-    (tmp_path / 'cache' / 't10k-labels-idx1-ubyte.gz').unlink()
+    (cache / 't10k-labels-idx1-ubyte.gz').unlink()
     with pytest.raises(DataError, match='Could not download Fashion-MNIST t10k-labels.*MD5'):
-        fm.download_fashion_mnist(tmp_path / 'cache', (good,))
-    assert not (tmp_path / 'cache' / 't10k-labels-idx1-ubyte.gz').exists()
-    assert not [p for p in (tmp_path / 'cache').iterdir() if p.name.startswith('.')]
+        fm.download_fashion_mnist(cache, (good,))
+    assert not (cache / 't10k-labels-idx1-ubyte.gz').exists()
+    assert not [p for p in (cache).iterdir() if p.name.startswith('.')]
 
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_resumed_epoch_gives_exactly_the_batches_not_yet_trained_on(tmp_path, workers):
     src = image_folder(tmp_path / 'in', per_class=12, size=(24, 20))
-    make_shards(str(src), 'train', tmp_path / 'out', shard_size=6, workers=1, progress=False)
+    make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(shard_size=6, workers=1, progress=False))
 
     def epoch(skip):
         loader = shard_loader(str(tmp_path / 'out'), 'train', 4, True, workers=workers, img_size=16, seed=5)
@@ -307,7 +309,7 @@ def test_decoder_refuses_an_image_above_the_pixel_limit_before_decoding_it():
 def test_make_shards_skips_and_names_an_image_above_the_pixel_limit(tmp_path, capsys):
     image_folder(tmp_path / 'img', classes=('a', 'b'), per_class=2)
     (tmp_path / 'img' / 'a' / 'bomb.jpg').write_bytes(_bomb_jpeg())
-    entry = make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', progress=False)
+    entry = make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', ShardSpec(progress=False))
     assert entry['num_samples'] == 4 and entry['skipped'] == 1
     assert 'bomb.jpg (ImageTooLarge: 12000x12000 pixels' in capsys.readouterr().err
 
@@ -316,14 +318,14 @@ def test_a_later_split_keeps_the_recorded_class_indices_or_is_refused(tmp_path):
     from tokenformer_vit.make_shards import ShardError
     image_folder(tmp_path / 'train', classes=('cat', 'dog', 'eel'), per_class=2)
     image_folder(tmp_path / 'val', classes=('dog', 'eel'), per_class=2)  # a subset: sorted alone, dog would be 0
-    make_shards(str(tmp_path / 'train'), 'train', tmp_path / 'wds', progress=False)
-    make_shards(str(tmp_path / 'val'), 'validation', tmp_path / 'wds', progress=False)
+    make_shards(str(tmp_path / 'train'), 'train', tmp_path / 'wds', ShardSpec(progress=False))
+    make_shards(str(tmp_path / 'val'), 'validation', tmp_path / 'wds', ShardSpec(progress=False))
     info = json.loads((tmp_path / 'wds' / '_info.json').read_text())
     assert info['classes'] == ['cat', 'dog', 'eel'] and info['splits']['validation']['num_classes'] == 3
     assert sorted(set(targets(shard_loader(str(tmp_path / 'wds'), 'validation', 2, False, workers=0)))) == [1, 2]
     image_folder(tmp_path / 'other', classes=('cat', 'fox'), per_class=1)
     with pytest.raises(ShardError, match="has class 'fox' that they lack"):
-        make_shards(str(tmp_path / 'other'), 'validation', tmp_path / 'wds', progress=False)
+        make_shards(str(tmp_path / 'other'), 'validation', tmp_path / 'wds', ShardSpec(progress=False))
     assert json.loads((tmp_path / 'wds' / '_info.json').read_text()) == info  # nothing was rewritten
 
 
@@ -355,8 +357,8 @@ def test_a_pool_inside_a_process_that_ignores_sigterm_finishes_with_workers_that
         '        f.write(str(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL))\n'
         '    return write(job)\n'
         'ms._write_shard = spy\n'
-        f'ms.make_shards({str(tmp_path / "img")!r}, "train", {str(tmp_path / "wds")!r}, shard_size=2, workers=2, '
-        'progress=False)\n'
+        f'ms.make_shards({str(tmp_path / "img")!r}, "train", {str(tmp_path / "wds")!r}, '
+        'ms.ShardSpec(shard_size=2, workers=2, progress=False))\n'
         'print("built")\n')
     res = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and 'built' in res.stdout, res.stdout + res.stderr
@@ -373,7 +375,7 @@ def test_info_json_that_is_not_json_is_one_clear_error(tmp_path):
 
 def test_a_label_outside_the_model_classes_stops_the_loader_with_one_sentence(tmp_path):
     image_folder(tmp_path / 'img', classes=('a', 'b', 'c'), per_class=2)
-    make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', progress=False)
+    make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', ShardSpec(progress=False))
     loader = shard_loader(str(tmp_path / 'wds'), 'train', 2, True, workers=0, num_classes=2)
     with pytest.raises(DataError, match='has label 2, outside the 2 classes of the model'):
         loader.dataset.set_epoch(0)
@@ -426,7 +428,8 @@ def test_cifar10_image_folders_load_in_the_official_class_order_and_shard_byte_f
     images, labels = load_cifar10('test')
     assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
     assert labels.tolist() == [c for c in range(10) for _ in range(2)]
-    entry = make_shards('cifar10', 'validation', tmp_path / 'shards', shard_size=8, workers=1, progress=False)
+    entry = make_shards('cifar10', 'validation', tmp_path / 'shards', ShardSpec(shard_size=8, workers=1,
+                                                                                progress=False))
     assert entry['num_samples'] == 20 and entry['num_classes'] == 10
     for name in entry['filenames']:
         with tarfile.open(tmp_path / 'shards' / name) as tar:
@@ -497,11 +500,12 @@ def test_a_rebuild_killed_at_a_random_shard_leaves_a_set_whose_every_label_names
         for i in range(40):
             Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(src / c / f'{i}.png')
     out = tmp_path / 'out'
-    make_shards(str(src), 'train', out, shard_size=2, progress=False)
+    make_shards(str(src), 'train', out, ShardSpec(shard_size=2, progress=False))
     (tmp_path / 'order.txt').write_text('eel\ncat\ndog\n')
     target = random.Random(seed).randint(1, 50)  # of 60 new shards
     start = time.time_ns()
-    proc = subprocess.Popen([sys.executable, '-m', 'tokenformer_vit.make_shards', '--input', str(src), '--split', 'train',
+    proc = subprocess.Popen([sys.executable, '-m', 'tokenformer_vit.make_shards', '--input', str(src), '--split',
+                             'train',
                              '--output', str(out), '--class-list', str(tmp_path / 'order.txt'), '--shard-size', '2',
                              '--workers', '1'], stderr=subprocess.DEVNULL)
     while proc.poll() is None and sum(p.stat().st_mtime_ns > start for p in out.glob('*.tar')) < target:
@@ -511,7 +515,7 @@ def test_a_rebuild_killed_at_a_random_shard_leaves_a_set_whose_every_label_names
     pairs, info = read_every_sample(out)
     assert len(pairs) == 120 and all(info['classes'][label] == name for label, name in pairs)
     assert info['classes'] in (['cat', 'dog', 'eel'], ['eel', 'cat', 'dog'])
-    make_shards(str(src), 'train', out, class_list=tmp_path / 'order.txt', shard_size=2, progress=False)
+    make_shards(str(src), 'train', out, ShardSpec(shard_size=2, progress=False), class_list=tmp_path / 'order.txt')
     pairs, info = read_every_sample(out)
     assert info['classes'] == ['eel', 'cat', 'dog'] and all(info['classes'][l] == n for l, n in pairs)
     listed = set(info['splits']['train']['filenames'])
@@ -524,7 +528,8 @@ def test_16_bit_32_bit_and_float_images_are_scaled_to_8_bits_not_clipped():
     expected = np.rint(ramp16 / 257.0)
     for img in (Image.fromarray(ramp16), Image.fromarray(ramp16.astype(np.int32), 'I')):
         got = np.asarray(to_rgb8(img))
-        assert got.shape == (8, 64, 3) and np.abs(got[..., 0] - expected).max() <= 1 and (got[..., 0] == got[..., 2]).all()
+        assert got.shape == (8, 64, 3) and np.abs(got[..., 0] - expected).max() <= 1 and (got[..., 0] == got[...,
+                                                                                                             2]).all()
     unit = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (8, 1))
     assert np.abs(np.asarray(to_rgb8(Image.fromarray(unit, 'F')))[..., 1] - np.rint(unit * 255)).max() <= 1
     wide = np.tile(np.linspace(-1e6, 3e6, 64), (8, 1)).astype(np.int32)  # outside 0-65535: its own range
@@ -552,7 +557,7 @@ def test_a_16_bit_png_is_stored_with_its_grey_levels_and_a_dangling_link_is_skip
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
     Image.fromarray(ramp).save(src / 'a' / 'deep.png')
     (src / 'a' / 'gone.jpg').symlink_to(tmp_path / 'nowhere.jpg')
-    entry = make_shards(str(src), 'train', tmp_path / 'out', progress=False)
+    entry = make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(progress=False))
     assert entry['num_samples'] == 1 and entry['skipped'] == 1 and 'gone.jpg' in capsys.readouterr().err
     pairs, _ = read_every_sample(tmp_path / 'out')
     with tarfile.open(tmp_path / 'out' / entry['filenames'][0]) as tar:
@@ -629,7 +634,7 @@ def test_jpegs_are_stored_byte_for_byte_unless_max_side_is_given_and_info_record
     (src / 'cmyk.jpg').write_bytes(_jpeg(Image.fromarray(photo_like(1, 30, 40)).convert('CMYK')))
     for max_side, stored_big in ((None, True), (512, False)):
         out = tmp_path / f'out{max_side}'
-        entry = make_shards(str(tmp_path / 'in'), 'train', out, max_side=max_side, progress=False)
+        entry = make_shards(str(tmp_path / 'in'), 'train', out, ShardSpec(max_side=max_side, progress=False))
         pairs = {}
         with tarfile.open(out / entry['filenames'][0]) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -652,9 +657,9 @@ def test_an_output_folder_named_like_the_readmes_gives_a_name_timm_reads(tmp_pat
     # before: the README's own --output /data/imagenet-wds was refused ("may not contain dots or dashes")
     from timm.data import create_dataset
     src = image_folder(tmp_path / 'in', per_class=2)
-    make_shards(str(src), 'validation', tmp_path / 'imagenet-wds.v2', progress=False)
+    make_shards(str(src), 'validation', tmp_path / 'imagenet-wds.v2', ShardSpec(progress=False))
     assert json.loads((tmp_path / 'imagenet-wds.v2' / '_info.json').read_text())['name'] == 'imagenet_wds_v2'
     ds = create_dataset('wds/imagenet_wds_v2', root=str(tmp_path / 'imagenet-wds.v2'), split='validation')
     assert sorted(int(t) for _, t in ds) == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ShardError, match="Data set name 'my-set' may not contain dots or dashes"):
-        make_shards(str(src), 'train', tmp_path / 'other', name='my-set', progress=False)
+        make_shards(str(src), 'train', tmp_path / 'other', ShardSpec(name='my-set', progress=False))

@@ -11,7 +11,7 @@ import timm
 import tokenformer_vit  # noqa: F401
 from tokenformer_vit import Pattention, grow_model, grow_optimizer, grow_pattention
 from tokenformer_vit.growth import GrowthError
-from tokenformer_vit.grow import main as grow_main
+from tokenformer_vit.grow_checkpoint import main as grow_main
 
 SMALL = dict(img_size=32, patch_size=8, depth=2, num_classes=10)
 
@@ -105,7 +105,9 @@ def test_shrinking_and_unknown_modes_are_refused():
         grow_model(model, attn_tokens=100)
     with pytest.raises(GrowthError, match="Unknown growth mode 'double'"):
         grow_model(model, attn_tokens=300, mode='double')
-    with pytest.raises(GrowthError, match='preserve growth is exact only for the l2_gelu and gelu_l2 norms, and this layer uses pattention_norm=softmax'):
+    with pytest.raises(GrowthError,
+                       match='preserve growth is exact only for the l2_gelu and gelu_l2 norms, and this layer uses '
+                             'pattention_norm=softmax'):
         grow_pattention(Pattention(8, 8, 8, norm='softmax'), 16)
 
 
@@ -194,7 +196,8 @@ def test_grow_cli_bad_requests_exit_2_with_one_sentence_and_write_nothing(tmp_pa
     if args[0] == '--checkpoint-override':
         src, args = tmp_path / args[1], []
     out = tmp_path / 'out.pth.tar'
-    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(src), '--output', str(out),
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow_checkpoint', '--checkpoint', str(src),
+                           '--output', str(out),
                            *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -247,7 +250,8 @@ def test_grow_cli_rebuilds_a_model_of_another_width_and_head_count_from_its_reco
     # the validate command's --model-kwargs build a model that loads the checkpoint strictly
     line = next(l for l in printed.splitlines() if '--checkpoint' in l)
     words = line.split('--model-kwargs ')[1].split(' --')[0].split()
-    made = timm.create_model('tokenformer_vit_tiny', num_classes=10, **{k: int(v) for k, v in (w.split('=') for w in words)},
+    made = timm.create_model('tokenformer_vit_tiny', num_classes=10, **{k: int(v) for k,
+                                                                        v in (w.split('=') for w in words)},
                              checkpoint_path=str(out))
     assert made.blocks[0].ffn.num_tokens == 800
 
@@ -256,13 +260,16 @@ def test_grow_cli_refuses_to_overwrite_its_input(tmp_path):
     src = tmp_path / 'in.pth.tar'
     _timm_checkpoint(src, small_model(), ema=False)
     before = src.read_bytes()
-    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(src), '--output', str(src),
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow_checkpoint', '--checkpoint', str(src),
+                           '--output', str(src),
                            '--ffn-tokens', '900'], capture_output=True, text=True)
     assert proc.returncode == 2 and 'is the checkpoint being grown' in proc.stderr
     assert src.read_bytes() == before
     (tmp_path / 'hf').write_text('a file')
-    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(src), '--output',
-                           str(tmp_path / 'out.pth.tar'), '--hf-dir', str(tmp_path / 'hf')], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow_checkpoint', '--checkpoint', str(src),
+                           '--output',
+                           str(tmp_path / 'out.pth.tar'), '--hf-dir', str(tmp_path / 'hf')], capture_output=True,
+                           text=True)
     assert proc.returncode == 2 and '--hf-dir' in proc.stderr and 'is a file' in proc.stderr
     assert (tmp_path / 'hf').read_text() == 'a file' and not (tmp_path / 'out.pth.tar').exists()
 

@@ -133,7 +133,8 @@ def test_convergence_mode_trains_every_size_for_each_schedule_length(tmp_path):
     cfg = result['config']
     assert cfg['seeds'] == [0]  # one seed unless --seeds
     assert sorted((tuple(r['size']), r['epochs']) for r in result['runs']) == sorted(
-        (tuple(s), round(f * e)) for s, e in zip(cfg['sizes'], cfg['scratch_epochs']) for f in cfg['convergence_factors'])
+        (tuple(s), round(f * e)) for s, e in zip(cfg['sizes'],
+                                                 cfg['scratch_epochs']) for f in cfg['convergence_factors'])
     for r in result['runs']:
         assert r['strategy'] == 'scratch' and r['flops'] > 0
         assert r['points'][-1]['flops'] == r['flops']  # the last evaluation is at the end of the schedule
@@ -151,7 +152,8 @@ def test_bad_schedules_strategies_and_process_counts_are_refused(tmp_path):
     with pytest.raises(SystemExit, match='at least 1'):
         growth_experiment.main(['--config', FM['path'], '--quick', '--jobs', '0', '--output', str(tmp_path)])
     with pytest.raises(SystemExit, match='choose among'):
-        growth_experiment.main(['--config', FM['path'], '--quick', '--strategies', 'preserve+sometimes', '--output', str(tmp_path)])
+        growth_experiment.main(['--config', FM['path'], '--quick', '--strategies', 'preserve+sometimes', '--output',
+                                str(tmp_path)])
 
 
 def test_fewer_evaluations_leave_the_training_unchanged():
@@ -183,13 +185,16 @@ def test_a_rerun_reads_every_finished_run_from_the_cache_and_another_setting_tra
     assert all(r['cached'] for r in again['runs'])
     # a study stopped half-way keeps its finished runs: here one seed's, then all three seeds
     cache = tmp_path / 'cache'
-    assert growth_experiment.main(['--config', FM['path'], '--quick', '--seeds', '0', '--strategies', 'scratch', '--output', str(tmp_path),
+    assert growth_experiment.main(['--config', FM['path'], '--quick', '--seeds', '0', '--strategies', 'scratch',
+                                   '--output', str(tmp_path),
                                    '--cache', str(cache)]) == 0
     capsys.readouterr()
-    assert growth_experiment.main(['--config', FM['path'], '--quick', '--seeds', '0,1', '--strategies', 'scratch', '--output', str(tmp_path),
+    assert growth_experiment.main(['--config', FM['path'], '--quick', '--seeds', '0,1', '--strategies', 'scratch',
+                                   '--output', str(tmp_path),
                                    '--cache', str(cache), '--threads', '2']) == 0
     assert '0 of 6 runs read' in capsys.readouterr().out  # another thread count: another setting
-    assert growth_experiment.main(['--config', FM['path'], '--quick', '--seeds', '0,1', '--strategies', 'scratch', '--output', str(tmp_path),
+    assert growth_experiment.main(['--config', FM['path'], '--quick', '--seeds', '0,1', '--strategies', 'scratch',
+                                   '--output', str(tmp_path),
                                    '--cache', str(cache)]) == 0
     assert '3 of 6 runs read' in capsys.readouterr().out
 

@@ -92,17 +92,19 @@ def test_resuming_with_another_setting_is_refused_naming_both_values(softmax_run
 
 
 def test_resuming_with_only_allowed_changes_goes_on(softmax_run, shards):
-    res = train('--data-dir', shards, '--output', softmax_run, '--epochs', 2, '--grow', '1:24:48', *SOFTMAX, '--workers', 2,
+    res = train('--data-dir', shards, '--output', softmax_run, '--epochs', 2, '--grow', '1:24:48', *SOFTMAX,
+                '--workers', 2,
                 '--log-every', 5, '--save-every-steps', 3, '--progress')
     assert 'resumed from' in res.stdout
 
 
 def test_resuming_on_rebuilt_training_shards_is_refused(softmax_run, shards, tmp_path, capsys):
     import shutil
-    from tokenformer_vit.make_shards import make_shards
+    from tokenformer_vit.make_shards import ShardSpec, make_shards
     copy = tmp_path / 'wds'
     shutil.copytree(shards, copy)
-    make_shards(str(shards.parent / 'images' / 'train'), 'train', copy, shard_size=16, progress=False, name='wds')
+    make_shards(str(shards.parent / 'images' / 'train'), 'train', copy, ShardSpec(shard_size=16, progress=False,
+                                                                                  name='wds'))
     code, err = run_cli(['--data-dir', copy, '--output', softmax_run, '--epochs', 2, '--grow', '1:24:48', *SOFTMAX],
                         capsys)
     assert code == 2 and 'was trained on other train shards than those in --data-dir' in one_sentence(err), err
@@ -129,7 +131,8 @@ def test_epochs_change_only_where_the_schedule_so_far_does_not_depend_on_it(grow
     from tokenformer_vit.config import study_config
     from tokenformer_vit.errors import ConfigError
     from tokenformer_vit.run import check_epochs
-    config = replace(study_config(model='tokenformer_vit_tiny', epochs=epochs), growth=GrowthPlan.parse(grow, schedule=schedule))
+    config = replace(study_config(model='tokenformer_vit_tiny', epochs=epochs), growth=GrowthPlan.parse(grow,
+                                                                                                        schedule=schedule))
     resume = dict(step=step, args=dict(epochs=10))
     if allowed:
         check_epochs(config, resume, 10, 'last.pth.tar')

@@ -127,7 +127,7 @@ def test_the_grow_commands_printed_validate_command_gives_the_grown_models_figur
     small = tmp_path / 'small.pth.tar'  # as the job saves it: the weights, the arch and the flags
     torch.save(dict(state_dict=model.state_dict(), arch='tokenformer_vit_tiny', args=dict(model_kwargs=kwargs)), small)
     grown = tmp_path / 'grown model.pth.tar'
-    res = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(small),
+    res = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow_checkpoint', '--checkpoint', str(small),
                           '--attn-tokens', '24', '--ffn-tokens', '48', '--mode', 'paper', '--output', str(grown)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -148,7 +148,8 @@ def test_the_grow_commands_printed_validate_command_gives_the_grown_models_figur
 
 @pytest.mark.parametrize('flags,message', [
     (['--grow', '1:24:48', '--grow-mode', 'preserve'], 'preserve growth is exact only for the l2_gelu and gelu_l2 '
-                                                        'norms, and --grow 1:24:48 of --model tokenformer_vit_tiny uses '
+                                                        'norms, and --grow 1:24:48 of --model tokenformer_vit_tiny '
+                                                        'uses '
                                                         'pattention_norm=softmax'),
     (['--grow', '1:24:48:ramp'], 'ramp growth is exact only for the l2_gelu and gelu_l2 norms'),
 ])
@@ -168,8 +169,10 @@ def test_the_grow_command_refuses_preserve_mode_on_a_softmax_checkpoint(tmp_path
     model = timm.create_model('tokenformer_vit_tiny', img_size=32, num_classes=4, **kwargs)
     torch.save(dict(state_dict=model.state_dict(), arch='tokenformer_vit_tiny', args=dict(model_kwargs=kwargs)),
                tmp_path / 'softmax.pth.tar')
-    res = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow', '--checkpoint', str(tmp_path / 'softmax.pth.tar'),
-                          '--attn-tokens', '24', '--output', str(tmp_path / 'g.pth.tar')], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, '-m', 'tokenformer_vit.grow_checkpoint', '--checkpoint',
+                          str(tmp_path / 'softmax.pth.tar'),
+                          '--attn-tokens', '24', '--output', str(tmp_path / 'g.pth.tar')], capture_output=True,
+                          text=True)
     assert res.returncode == 2 and 'softmax.pth.tar uses pattention_norm=softmax' in res.stderr, res.stderr
     assert not (tmp_path / 'g.pth.tar').exists()
 
@@ -178,7 +181,7 @@ def test_the_grow_command_refuses_preserve_mode_on_a_softmax_checkpoint(tmp_path
     (['--model', 'vit_tiny_patch16_224', '--model-kwargs', '--initial-checkpoint', 'CKPT'],
      '--initial-checkpoint needs a Tokenformer-ViT; --model vit_tiny_patch16_224 has no parameter tokens'),
     (['--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'attn_tokens=16', 'ffn_tokens=32', 'patch_size=8',
-      'pattention_impl=fused'], 'pattention_impl fused runs on CUDA GPUs, not on cpu'),
+      'pattention_impl=triton'], 'is a speed switch, not a model argument: pass --pattention-impl instead'),
     (['--nodes', 2], '--nodes takes effect only with --submit'),
     (['--submit', '--cluster', 'local', '--nodes', 2], '--cluster local runs on this machine alone'),
     (['--submit', '--cluster', 'local', '--job-dir', 'FILE'], 'is a file: pass a folder for submitit'),

@@ -70,7 +70,8 @@ def test_the_epoch_loop_grows_once_at_each_planned_epoch_and_a_stopped_run_resum
     check_resume(other, state, 1, 'last.pth.tar')  # grows on from 12/24: nothing to refuse yet
     model, history = build_model(other, 4, state)
     late = build_run(other, model, 4, updates_per_epoch=3, growth_history=history, resume=state)
-    with pytest.raises(GrowthError, match='--grow 1:14:28 is at the start of epoch 1, which this run resumes at step 5'):
+    with pytest.raises(GrowthError,
+                       match='--grow 1:14:28 is at the start of epoch 1, which this run resumes at step 5'):
         next(train_epochs(late, Batches(3)))
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tokenformer_vit.errors import ShardError
-from tokenformer_vit.make_shards import make_shards
+from tokenformer_vit.make_shards import ShardSpec, make_shards
 
 JOURNAL = '.make_shards-journal.json'  # make_shards.JOURNAL
 
@@ -39,7 +39,7 @@ def test_files_named_like_shards_that_make_shards_did_not_write_are_kept(tmp_pat
     for name in theirs:
         (out / name).write_bytes(b'mine')
     for _ in range(2):  # a build, then a rebuild
-        entry = make_shards(str(src), 'train', out, name='mywds', shard_size=4, progress=False)
+        entry = make_shards(str(src), 'train', out, ShardSpec(name='mywds', shard_size=4, progress=False))
     assert all((out / name).read_bytes() == b'mine' for name in theirs)
     # the new generations never take a name that is there: g1 and g2 were, so g3, then g4
     assert entry['filenames'] == [f'mywds-train-g4-{i:06d}.tar' for i in range(3)]
@@ -49,19 +49,19 @@ def test_files_named_like_shards_that_make_shards_did_not_write_are_kept(tmp_pat
 def test_a_rebuild_under_another_name_removes_the_old_set_by_its_record(tmp_path):
     src = image_folder(tmp_path / 'in')
     out = tmp_path / 'out'
-    first = make_shards(str(src), 'train', out, name='a', shard_size=4, progress=False)
-    second = make_shards(str(src), 'train', out, name='b', shard_size=4, progress=False)
+    first = make_shards(str(src), 'train', out, ShardSpec(name='a', shard_size=4, progress=False))
+    second = make_shards(str(src), 'train', out, ShardSpec(name='b', shard_size=4, progress=False))
     assert listing(out) == sorted(['_info.json', '.make_shards.lock', *second['filenames']])
     assert not set(first['filenames']) & set(listing(out))  # no unlisted orphans
     with pytest.raises(ShardError, match="names the data set 'b' .* pass --name b"):  # one name for every split
-        make_shards(str(src), 'validation', out, name='c', progress=False)
+        make_shards(str(src), 'validation', out, ShardSpec(name='c', progress=False))
 
 
 def test_a_full_disk_leaves_the_published_set_and_no_orphans(tmp_path, monkeypatch):
     from tokenformer_vit import make_shards as ms
     src = image_folder(tmp_path / 'in', per_class=4)
     out = tmp_path / 'out'
-    before = make_shards(str(src), 'train', out, shard_size=4, progress=False)
+    before = make_shards(str(src), 'train', out, ShardSpec(shard_size=4, progress=False))
     info = (out / '_info.json').read_text()
     real, calls = ms._write_shard, []
 
@@ -72,27 +72,27 @@ def test_a_full_disk_leaves_the_published_set_and_no_orphans(tmp_path, monkeypat
         return real(job)
     monkeypatch.setattr(ms, '_write_shard', full_on_the_second_shard)
     with pytest.raises(OSError):
-        make_shards(str(src), 'train', out, shard_size=4, progress=False)
+        make_shards(str(src), 'train', out, ShardSpec(shard_size=4, progress=False))
     assert (out / '_info.json').read_text() == info
     assert listing(out) == sorted(['_info.json', '.make_shards.lock', *before['filenames']])
     # a first build that fails leaves no folder behind
     with pytest.raises(OSError):
         calls.clear()
-        make_shards(str(src), 'train', tmp_path / 'new', shard_size=4, progress=False)
+        make_shards(str(src), 'train', tmp_path / 'new', ShardSpec(shard_size=4, progress=False))
     assert not (tmp_path / 'new').exists()
 
 
 def test_a_killed_build_is_cleared_by_the_next_from_its_journal(tmp_path):
     src = image_folder(tmp_path / 'in')
     out = tmp_path / 'out'
-    published = make_shards(str(src), 'train', out, shard_size=4, progress=False)
+    published = make_shards(str(src), 'train', out, ShardSpec(shard_size=4, progress=False))
     # what a build killed half-way leaves: its journal, one whole shard and one partial
     (out / JOURNAL).write_text(json.dumps({'train': ['out-train-g2-000000.tar', 'out-train-g2-000001.tar',
                                                      *published['filenames']]}))
     (out / 'out-train-g2-000000.tar').write_bytes(b'whole')
     (out / '.out-train-g2-000001.tar.partial').write_bytes(b'half')
     (out / 'out-train-g9-000000.tar').write_bytes(b'not in the journal: not ours')
-    entry = make_shards(str(src), 'validation', out, shard_size=4, progress=False)
+    entry = make_shards(str(src), 'validation', out, ShardSpec(shard_size=4, progress=False))
     assert listing(out) == sorted(['_info.json', '.make_shards.lock', 'out-train-g9-000000.tar',
                                    *published['filenames'], *entry['filenames']])
 
@@ -130,5 +130,5 @@ def test_a_class_list_with_a_byte_order_mark_names_its_first_class_as_written(tm
     src = image_folder(tmp_path / 'in')
     classes = tmp_path / 'classes.txt'
     classes.write_text('\ufeffowl\ncat\ndog\n', encoding='utf-8')
-    make_shards(str(src), 'train', tmp_path / 'out', class_list=classes, progress=False)
+    make_shards(str(src), 'train', tmp_path / 'out', ShardSpec(progress=False), class_list=classes)
     assert json.loads((tmp_path / 'out' / '_info.json').read_text())['classes'] == ['owl', 'cat', 'dog']

@@ -11,17 +11,55 @@ PACKAGE = REPO / 'tokenformer_vit'
 
 
 def package_imports():
-    """{module: the package modules it imports, at the top or inside functions}."""
+    """{module: the package modules it imports, at the top or inside functions}; a subpackage (growth/)
+    is one module, whose files' imports of each other are its own."""
     graph = {}
-    for path in PACKAGE.glob('*.py'):
-        deps = set()
+    for path in PACKAGE.rglob('*.py'):
+        module = path.stem if path.parent == PACKAGE else path.parent.name
+        top = 1 if path.parent == PACKAGE else 2  # the relative level that reaches the package
+        deps = graph.setdefault(module, set())
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if isinstance(node, ast.ImportFrom) and node.level == top:
                 deps |= {node.module.split('.')[0]} if node.module else {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('tokenformer_vit.'):
                 deps.add(node.module.split('.')[1])
-        graph[path.stem] = deps - {path.stem}
-    return graph
+    return {module: deps - {module} for module, deps in graph.items()}
+
+
+def package_functions():
+    """(file name, function node) of every function of the package, methods included."""
+    for path in sorted(PACKAGE.rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path.relative_to(PACKAGE).as_posix(), node
+
+
+def test_no_function_takes_more_than_10_parameters_but_the_layers_the_model_file_and_the_kernels():
+    # a group of settings that travels together is one value (RunConfig, DataConfig, ShardSpec, StepParts)
+    exempt = {'pattention.py', 'tokenformer_vit.py', 'triton_pattention.py'}
+    long = []
+    for name, node in package_functions():
+        a = node.args
+        params = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ('self', 'cls')]
+        if len(params) > 10 and name not in exempt:
+            long.append(f'{name}:{node.lineno} {node.name} ({len(params)})')
+    assert not long, long
+
+
+def test_below_the_commands_no_function_takes_the_argparse_namespace():
+    # flags become frozen values once, in config.py (config.job_config); the commands parse them
+    commands = {'config.py', 'cli.py', 'submit.py', 'grow_checkpoint.py', 'timm_script.py', 'triton_pattention.py'}
+    takers = []
+    for name, node in package_functions():
+        a = node.args
+        params = a.posonlyargs + a.args + a.kwonlyargs
+        namespace = [p.arg for p in params
+                     if p.arg == 'args' or 'Namespace' in ast.unparse(p.annotation or ast.Name(''))]
+        if namespace and name not in commands and not (name == 'make_shards.py' and node.name == 'main'):
+            takers.append(f'{name}:{node.lineno} {node.name}')
+    assert not takers, takers
+    job_files = (PACKAGE / 'train.py').read_text() + (PACKAGE / 'job.py').read_text()
+    assert not re.search(r'\bargs\b|argparse', job_files)
 
 
 def test_the_package_has_no_import_cycle():
@@ -56,6 +94,7 @@ def reachable(graph, module):
 def test_data_and_shards_sit_below_the_model_and_the_run_below_the_job():
     graph = package_imports()
     model_side = {'tokenformer_vit', 'pattention', 'growth', 'checkpoint', 'run', 'engine'}
+    assert {'model', 'plan', 'training', 'state_dict'} & set(graph) == set()  # growth/ is one module here
     for module in ('atomic', 'errors', 'transforms', 'fashion_mnist', 'cifar10', 'make_shards', 'data'):
         assert not reachable(graph, module) & model_side, (module, reachable(graph, module) & model_side)
     assert 'run' in graph['train'] and not reachable(graph, 'run') & {'train', 'config', 'cli', 'submit'}
@@ -145,3 +184,19 @@ def test_the_readme_is_a_newcomers_page_of_at_most_200_lines():
     assert len(text.splitlines()) <= 200
     for doc in re.findall(r'\]\((docs/[\w.\-]+)\)', text):
         assert (REPO / doc).is_file(), doc
+
+
+def test_no_module_reads_the_environment_at_import_or_keeps_a_global_flag():
+    # environment variables are read when used (a test or a launcher may set them later); state that
+    # changes belongs to an object, not to a module-level flag that `global` rebinds
+    found = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        tree = ast.parse(path.read_text())
+        for stmt in tree.body:  # the module's own statements, its docstring aside
+            docstring = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)) and not docstring \
+                    and re.search(r'os\.environ|getenv', ast.unparse(stmt)):
+                found.append(f'{path.name}:{stmt.lineno} reads the environment at import')
+        found += [f'{path.name}:{n.lineno} global {", ".join(n.names)}' for n in ast.walk(tree)
+                  if isinstance(n, ast.Global)]
+    assert not found, found

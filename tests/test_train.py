@@ -169,7 +169,7 @@ def _ddp_worker(rank, world, port, batches, result_path):
     import torch.distributed as dist
     import timm
     from timm.scheduler import create_scheduler_v2
-    from tokenformer_vit.engine import train_one_epoch
+    from tokenformer_vit.engine import StepParts, train_one_epoch
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group('gloo', rank=rank, world_size=world)
@@ -182,8 +182,9 @@ def _ddp_worker(rank, world, port, batches, result_path):
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     share = len(batches[0][1]) // world
     mine = [(x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]) for x, y in batches]
-    train_one_epoch(wrapped, mine, opt, (sched,), torch.nn.CrossEntropyLoss(), device=torch.device('cpu'),
-                    mean=(0.5,) * 3, std=(0.25,) * 3, step=0, seed=0, rank=rank, raw_model=model)
+    parts = StepParts(opt, (sched,), torch.nn.CrossEntropyLoss(), torch.device('cpu'), mean=(0.5,) * 3, std=(0.25,) * 3,
+                      seed=0, rank=rank, raw_model=model)
+    train_one_epoch(wrapped, mine, parts, step=0)
     if rank == 0:
         torch.save(dict(init=init, final=model.state_dict()), result_path)
     if world > 1:
@@ -215,17 +216,17 @@ def test_fused_pattention_run_matches_the_torch_run_and_is_refused_where_it_cann
     assert os.environ.get('TRITON_INTERPRET') == '1' or torch.cuda.is_available()
     flags = ['--data-dir', shards, '--epochs', 2, '--grow', '1:24:48', '--device', 'cpu']
     train(*flags, '--output', tmp_path / 'torch', '--pattention-impl', 'torch')
-    res = train(*flags, '--output', tmp_path / 'fused', '--pattention-impl', 'fused')
+    res = train(*flags, '--output', tmp_path / 'triton', '--pattention-impl', 'triton')
     assert 'grew attn_tokens 16 -> 24' in res.stdout
-    ref, fused = weights(tmp_path / 'torch' / 'last.pth.tar')[1], weights(tmp_path / 'fused' / 'last.pth.tar')[1]
+    ref, fused = weights(tmp_path / 'torch' / 'last.pth.tar')[1], weights(tmp_path / 'triton' / 'last.pth.tar')[1]
     assert ref.keys() == fused.keys()
     for k in ref:
         torch.testing.assert_close(fused[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
-    res = train(*flags, '--output', tmp_path / 'o', '--pattention-impl', 'fused', check=False,
+    res = train(*flags, '--output', tmp_path / 'o', '--pattention-impl', 'triton', check=False,
                 env=dict(os.environ, TRITON_INTERPRET='0'))
-    assert res.returncode == 2 and 'fused runs on CUDA GPUs, not on cpu' in res.stderr
+    assert res.returncode == 2 and 'triton runs on CUDA GPUs, not on cpu' in res.stderr
     assert res.stderr.strip().count('\n') == 0, res.stderr
-    res = train('--data-dir', shards, '--output', tmp_path / 'vit', '--pattention-impl', 'torch', '--model',
+    res = train('--data-dir', shards, '--output', tmp_path / 'vit', '--pattention-impl', 'triton', '--model',
                 'vit_tiny_patch16_224', '--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'patch_size=8',
                 check=False)
     assert res.returncode == 2 and 'has no Pattention layers' in res.stderr
@@ -248,18 +249,27 @@ def test_a_shard_label_outside_the_classes_ends_the_job_with_one_sentence(shards
     assert time.time() - t0 < 120  # and the process ended, its loader worker with it
 
 
-def test_resume_with_another_batch_size_is_refused(shards, tmp_path, capsys):
+def test_resume_with_another_batch_size_or_process_count_is_refused(shards, tmp_path, capsys):
+    from tokenformer_vit.checkpoint import read_checkpoint
+    from tokenformer_vit.config import job_args, job_config
+    from tokenformer_vit.errors import ConfigError
+    from tokenformer_vit.run import check_resume
     out = tmp_path / 'run'
     train('--data-dir', shards, '--output', out, '--epochs', 1)
     before = (out / 'last.pth.tar').read_bytes()
     code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 2, '--batch-size', 4], capsys)
-    assert code == 2 and 'was trained with a global batch of 8, not 4' in one_sentence(err)
+    assert code == 2 and 'was started with --batch-size 8, not --batch-size 4' in one_sentence(err)
     assert (out / 'last.pth.tar').read_bytes() == before and (out / 'summary.csv').read_text().count('\n') == 2
+    # the same flags on two processes: another global batch, refused by the run's own check
+    resume = read_checkpoint(out / 'last.pth.tar')
+    config = job_config(job_args(**{k: v for k, v in resume['args'].items() if k != 'config'})).run
+    with pytest.raises(ConfigError, match='was trained with a global batch of 8, not 16'):
+        check_resume(config, resume, 2, out / 'last.pth.tar')
 
 
 def test_a_failed_save_is_one_sentence_and_keeps_the_previous_checkpoint(shards, tmp_path, capsys, monkeypatch):
     import errno
-    from tokenformer_vit import saves as job
+    from tokenformer_vit import job
     from tokenformer_vit.distributed import Preemption
     out = tmp_path / 'run'
     real_save, saved = job.save_atomic, []
@@ -282,37 +292,39 @@ def test_a_failed_save_is_one_sentence_and_keeps_the_previous_checkpoint(shards,
 
 
 def test_missing_shards_are_built_from_fashion_mnist_with_a_timm_readable_name(tmp_path):
-    import argparse
     import json
-    from tokenformer_vit.train import _ensure_shards
-    from tokenformer_vit.transforms import MAX_IMAGE_PIXELS
-    args = argparse.Namespace(data_dir=str(tmp_path / 'fm'), shards_from='fashion-mnist', train_split='validation',
-                              val_split='validation', max_image_pixels=MAX_IMAGE_PIXELS)
-    _ensure_shards(args, rank=0, world=1)
+    from tokenformer_vit.config import job_args, job_config
+    from tokenformer_vit.distributed import Process
+    from tokenformer_vit.job import ensure_shards
+    config = job_config(job_args(data_dir=str(tmp_path / 'fm'), output=str(tmp_path / 'run'),
+                                 shards_from='fashion-mnist',
+                                 train_split='validation'))
+    ensure_shards(config, Process())
     info = json.loads((tmp_path / 'fm' / '_info.json').read_text())
     assert info['name'] == 'fashion_mnist' and info['splits']['validation']['num_samples'] == 10_000
     assert all(f.startswith('fashion_mnist-validation-') for f in info['splits']['validation']['filenames'])
 
 
 def test_missing_shards_are_built_from_cifar10_where_cifar10_root_points(tmp_path, monkeypatch):
-    import argparse
     import json
     import numpy as np
     from PIL import Image
     from tokenformer_vit.cifar10 import CIFAR10_CLASSES
-    from tokenformer_vit.train import _ensure_shards
-    from tokenformer_vit.transforms import MAX_IMAGE_PIXELS
+    from tokenformer_vit.config import job_args, job_config
+    from tokenformer_vit.distributed import Process
+    from tokenformer_vit.job import ensure_shards
     print('seed 0')
     rng = np.random.default_rng(0)
     for split, per_class in (('train', 3), ('test', 1)):
         for c in CIFAR10_CLASSES:
             (tmp_path / 'c10' / split / c).mkdir(parents=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'c10' / split / c / f'{i}.png')
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3),
+                                             dtype=np.uint8)).save(tmp_path / 'c10' / split / c / f'{i}.png')
     monkeypatch.setenv('CIFAR10_ROOT', str(tmp_path / 'c10'))
-    args = argparse.Namespace(data_dir=str(tmp_path / 'shards'), shards_from='cifar10', train_split='train',
-                              val_split='validation', max_image_pixels=MAX_IMAGE_PIXELS)
-    _ensure_shards(args, rank=0, world=1)
+    config = job_config(job_args(data_dir=str(tmp_path / 'shards'), output=str(tmp_path / 'run'),
+                                 shards_from='cifar10'))
+    ensure_shards(config, Process())
     info = json.loads((tmp_path / 'shards' / '_info.json').read_text())
     assert info['name'] == 'cifar10' and info['classes'] == list(CIFAR10_CLASSES)
     assert [info['splits'][s]['num_samples'] for s in ('train', 'validation')] == [30, 10]
@@ -370,8 +382,10 @@ def test_eval_only_evaluates_the_initial_checkpoint_as_it_is(shards, tmp_path):
     bigger = [a.split('=')[0] + '=48' if a.startswith(('attn_tokens=', 'ffn_tokens=')) else a for a in TINY]
     cmd = [sys.executable, str(REPO / 'train_imagenet.py'), '--data-dir', str(shards), '--eval-only',
            '--initial-checkpoint', str(small / 'last.pth.tar')]
-    as_is = subprocess.run([*cmd[:2], *TINY, *cmd[2:], '--output', str(tmp_path / 'e1')], capture_output=True, text=True)
-    grown = subprocess.run([*cmd[:2], *bigger, *cmd[2:], '--output', str(tmp_path / 'e2')], capture_output=True, text=True)
+    as_is = subprocess.run([*cmd[:2], *TINY, *cmd[2:], '--output', str(tmp_path / 'e1')], capture_output=True,
+                           text=True)
+    grown = subprocess.run([*cmd[:2], *bigger, *cmd[2:], '--output', str(tmp_path / 'e2')], capture_output=True,
+                           text=True)
     assert as_is.returncode == grown.returncode == 0, as_is.stderr + grown.stderr
     assert '(attn_tokens=16, ffn_tokens=32)' in grown.stdout
     top1 = lambda text: [line for line in text.splitlines() if line.startswith('model: top-1')]  # noqa: E731
@@ -388,14 +402,15 @@ def test_eval_only_gives_the_figures_of_timms_validate_pipeline_on_photographs(t
     from PIL import Image
     from photos import photo_like
     from timm.data import create_dataset, create_loader, resolve_data_config
-    from tokenformer_vit.make_shards import make_shards
+    from tokenformer_vit.make_shards import ShardSpec, make_shards
     print('photo seeds 0-59, model seed 0')
     rng = random.Random(0)
     for i in range(60):
         folder = tmp_path / 'img' / f'class{i % 10}'
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(photo_like(i, rng.randint(40, 160), rng.randint(40, 160))).save(folder / f'{i}.jpg', quality=92)
-    make_shards(str(tmp_path / 'img'), 'validation', tmp_path / 'wds', shard_size=16, progress=False, name='photos')
+    make_shards(str(tmp_path / 'img'), 'validation', tmp_path / 'wds', ShardSpec(shard_size=16, progress=False,
+                                                                                 name='photos'))
     torch.manual_seed(0)
     kwargs = dict(depth=2, embed_dim=32, num_heads=2, attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32)
     model = timm.create_model('tokenformer_vit_tiny', num_classes=10, **kwargs).eval()

@@ -254,7 +254,7 @@ def test_color_jitter_is_torchvisions_as_timm_builds_it_and_off_under_rand_augme
 
 def test_random_erasing_is_timms_on_the_normalised_batch_in_the_training_step():
     from timm.data.random_erasing import RandomErasing
-    from tokenformer_vit.engine import seed_step, train_one_epoch
+    from tokenformer_vit.engine import StepParts, seed_step, train_one_epoch
     seen = []
 
     class Spy(torch.nn.Module):
@@ -269,9 +269,9 @@ def test_random_erasing_is_timms_on_the_normalised_batch_in_the_training_step():
     images = torch.from_numpy(np.stack([photo_like(s, 32, 32) for s in range(8)])).permute(0, 3, 1, 2)
     batches = [(images, torch.zeros(8, dtype=torch.long))] * 3
     model = Spy()
-    train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0), (), torch.nn.CrossEntropyLoss(),
-                    device=torch.device('cpu'), mean=MEAN, std=STD, step=10, seed=7,
-                    erasing=build_erasing(0.5, torch.device('cpu')))
+    parts = StepParts(torch.optim.SGD(model.parameters(), lr=0.0), (), torch.nn.CrossEntropyLoss(), torch.device('cpu'),
+                      mean=MEAN, std=STD, seed=7, erasing=build_erasing(0.5, torch.device('cpu')))
+    train_one_epoch(model, batches, parts, step=10)
     print('seed 7, steps 10-12')
     timm_erasing = RandomErasing(0.5, mode='pixel', max_count=1, device='cpu')
     erased = 0
@@ -289,13 +289,13 @@ def test_a_samples_draws_are_independent_of_each_other_and_of_random_erasing(tmp
     # The job's own run and loader: its epochs, its per-step seeds, its erasing.
     from tokenformer_vit.config import study_config
     from tokenformer_vit.data import DataConfig, build_loader
-    from tokenformer_vit.make_shards import make_shards
+    from tokenformer_vit.make_shards import ShardSpec, make_shards
     from tokenformer_vit.run import build_model, build_run, train_epochs
     for c in range(2):
         (tmp_path / 'img' / f'c{c}').mkdir(parents=True)
         for i in range(40):
             Image.fromarray(photo_like(100 * c + i, 24, 28)).save(tmp_path / 'img' / f'c{c}' / f'{i}.jpg')
-    make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', shard_size=20, progress=False)
+    make_shards(str(tmp_path / 'img'), 'train', tmp_path / 'wds', ShardSpec(shard_size=20, progress=False))
     seed, bs, epochs = 11, 16, 40
     print(f'seed {seed}: {epochs} epochs of 5 batches of {bs}')
     data = DataConfig(root=str(tmp_path / 'wds'), batch_size=bs, workers=0, seed=seed, max_pixels=10 ** 6,

@@ -144,7 +144,7 @@ def test_fused_inference_matches_training_forward():
 def test_fused_layer_saves_one_score_tensor_like_the_torch_path():
     torch.manual_seed(5)
     print('seed=5')
-    layer = Pattention(64, 48, 256, impl='fused', device=DEVICE)
+    layer = Pattention(64, 48, 256, impl='triton', device=DEVICE)
     x = torch.randn(4, 50, 64, requires_grad=True, device=DEVICE)
     saved = {}
 
@@ -167,9 +167,9 @@ def test_fused_model_matches_torch_model_forward_and_backward():
     torch.manual_seed(6)
     print('seed=6')
     ref = tiny(pattention_impl='torch')
-    ours = tiny(pattention_impl='fused')
+    ours = tiny(pattention_impl='triton')
     ours.load_state_dict(ref.state_dict())
-    assert {m.impl for m in ours.modules() if isinstance(m, Pattention)} == {'fused'}
+    assert {m.impl for m in ours.modules() if isinstance(m, Pattention)} == {'triton'}
     x = torch.randn(3, 3, 32, 32, device=DEVICE)
     y_ref, y = ref(x), ours(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
@@ -183,7 +183,7 @@ def test_fused_model_matches_torch_model_forward_and_backward():
 def test_fused_under_autocast_runs_in_the_autocast_dtype_with_fp32_gradients(amp):
     torch.manual_seed(7)
     print('seed=7')
-    layer = Pattention(64, 64, 128, impl='fused', device=DEVICE)
+    layer = Pattention(64, 64, 128, impl='triton', device=DEVICE)
     x = torch.randn(2, 30, 64, device=DEVICE, requires_grad=True)
     y32 = layer(x)
     with torch.autocast(DEVICE, dtype=amp):
@@ -201,7 +201,8 @@ def test_fused_ops_pass_opcheck():
     x, key, value = (torch.randn(*s, device=DEVICE) for s in ((m, d), (n, d), (n, 12)))
     tau = torch.tensor(math.sqrt(n), device=DEVICE)
     # without a GPU, AOT dispatch would run the interpreted kernel on functional tensors: GPU only
-    utils = ('test_schema', 'test_autograd_registration', 'test_faketensor') + (('test_aot_dispatch_dynamic',) if CUDA else ())
+    utils = ('test_schema', 'test_autograd_registration',
+             'test_faketensor') + (('test_aot_dispatch_dynamic',) if CUDA else ())
     torch.library.opcheck(tp._pattention_op, (x, key, value, tau, NORM_EPS), test_utils=utils)
     torch.library.opcheck(tp._pattention_train_op, (x.requires_grad_(), key, value, tau, NORM_EPS), test_utils=utils)
     dh, a = torch.randn(m, n, device=DEVICE), torch.randn(m, n, device=DEVICE)
@@ -213,7 +214,7 @@ def test_fused_model_compiles_as_one_graph_and_matches_eager():
     import torch._dynamo.testing
     torch.manual_seed(9)
     print('seed=9')
-    model = tiny(pattention_impl='fused')
+    model = tiny(pattention_impl='triton')
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
     y_eager = model(x)
     torch._dynamo.reset()
@@ -231,38 +232,38 @@ def test_fused_model_compiles_as_one_graph_and_matches_eager():
 def test_impl_switch_reaches_every_layer_and_leaves_the_state_dict_alone():
     model = tiny(pattention_impl='torch')
     keys = set(model.state_dict())
-    set_pattention_impl(model, 'fused')
-    assert {m.impl for m in model.modules() if isinstance(m, Pattention)} == {'fused'}
-    assert model.pattention_impl == 'fused' and set(model.state_dict()) == keys
+    set_pattention_impl(model, 'triton')
+    assert {m.impl for m in model.modules() if isinstance(m, Pattention)} == {'triton'}
+    assert model.pattention_impl == 'triton' and set(model.state_dict()) == keys
 
 
-def test_auto_keeps_the_torch_path_until_the_fused_one_is_measured(monkeypatch):
-    monkeypatch.setattr(Pattention, '_forward_fused', lambda self, x: pytest.fail('auto took the fused path'))
+def test_the_default_is_the_torch_path_until_the_triton_one_is_measured(monkeypatch):
+    monkeypatch.setattr(Pattention, '_forward_triton', lambda self, x: pytest.fail('the default took the triton path'))
     tiny()(torch.randn(1, 3, 32, 32, device=DEVICE))
 
 
 def test_bad_impl_requests_are_one_clear_error(monkeypatch):
-    with pytest.raises(ValueError, match="Unknown Pattention impl 'triton'"):
-        Pattention(8, 8, 8, impl='triton')
+    with pytest.raises(ValueError, match="Unknown Pattention impl 'fused'"):
+        Pattention(8, 8, 8, impl='fused')
     with pytest.raises(ValueError, match="kernels for norm='l2_gelu' only"):
-        tiny(pattention_impl='fused', pattention_norm='softmax')
+        tiny(pattention_impl='triton', pattention_norm='softmax')
     with pytest.raises(ValueError, match="kernels for norm='l2_gelu' only"):
-        set_pattention_impl(tiny(pattention_norm='gelu_l2'), 'fused')
+        set_pattention_impl(tiny(pattention_norm='gelu_l2'), 'triton')
     monkeypatch.setenv('TRITON_INTERPRET', '0')
     with pytest.raises(RuntimeError, match="runs on CUDA tensors, got a cpu tensor"):
-        Pattention(8, 8, 8, impl='fused')(torch.randn(2, 8))
+        Pattention(8, 8, 8, impl='triton')(torch.randn(2, 8))
 
 
 def test_growth_keeps_the_fused_path_and_the_function():
     torch.manual_seed(11)
     print('seed=11')
-    model = tiny(pattention_impl='fused').eval()
+    model = tiny(pattention_impl='triton').eval()
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
     with torch.no_grad():
         before = model(x)
         grow_model(model, attn_tokens=64, ffn_tokens=160)
         after = model(x)
-    assert {m.impl for m in model.modules() if isinstance(m, Pattention)} == {'fused'}
+    assert {m.impl for m in model.modules() if isinstance(m, Pattention)} == {'triton'}
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 

@@ -9,4 +9,8 @@ from .tokenformer_vit import TokenformerViT, TokenformerAttention, TokenformerBl
 from .growth import (GROWTH_MODES, GROW_SCHEDULES, GrowthError, grow_model, grow_optimizer, grow_pattention,
                      grow_tokens, grow_training_state)
 
+__all__ = ['UserError', 'Pattention', 'PATTENTION_IMPLS', 'PATTENTION_NORMS', 'set_pattention_impl', 'theta',
+           'TokenformerViT', 'TokenformerAttention', 'TokenformerBlock', 'GROWTH_MODES', 'GROW_SCHEDULES',
+           'GrowthError',
+           'grow_model', 'grow_optimizer', 'grow_pattention', 'grow_tokens', 'grow_training_state']
 __version__ = '0.1.0'

@@ -29,12 +29,14 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
             return {'state_dict': load_file(str(path))}
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
             raise CheckpointError(f'Checkpoint {path} could not be read as a safetensors file '
-                                  f'({e.__class__.__name__}): pass an intact .safetensors, .pth or .pth.tar file.') from None
+                                  f'({e.__class__.__name__}): pass an intact .safetensors, .pth or .pth.tar '
+                                  f'file.') from None
     try:
         ckpt = _torch_load(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise CheckpointError(f'Checkpoint {path} could not be read as a torch or safetensors file '
-                              f'({e.__class__.__name__}): pass an intact .pth, .pth.tar or .safetensors file.') from None
+                              f'({e.__class__.__name__}): pass an intact .pth, .pth.tar or .safetensors '
+                              f'file.') from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), argparse.Namespace):
         ckpt['args'] = vars(ckpt['args'])  # timm's train.py saves its argparse namespace
     if not isinstance(ckpt, dict):
@@ -118,8 +120,10 @@ def write_hf_dir(arch: str, state_dict: Dict[str, torch.Tensor], attn_tokens: in
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{Path(hf_dir).name}.', suffix='.tmp', dir=parent))
     try:
-        timm.models.save_for_hf(model, str(tmp), model_args=dict(attn_tokens=attn_tokens, ffn_tokens=ffn_tokens, **kwargs))
-        (tmp / HF_DIR_MARK).write_text('written by python -m tokenformer_vit.grow; the next grow may replace it\n')
+        timm.models.save_for_hf(model, str(tmp), model_args=dict(attn_tokens=attn_tokens, ffn_tokens=ffn_tokens,
+                                                                 **kwargs))
+        (tmp / HF_DIR_MARK).write_text('written by python -m tokenformer_vit.grow_checkpoint; the next grow may '
+                                       'replace it\n')
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,15 +18,19 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ['CIFAR10_CLASSES', 'CACHE_ROOT', 'find_cifar10', 'cifar10_files', 'load_cifar10']
+__all__ = ['CIFAR10_CLASSES', 'cache_root', 'find_cifar10', 'cifar10_files', 'load_cifar10']
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-CACHE_ROOT = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'tokenformer_vit' / 'cifar10'
 _BATCHES = 'cifar-10-batches-py'
 _BATCH_FILES = {'train': [f'data_batch_{i}' for i in range(1, 6)], 'test': ['test_batch']}
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _HOW = ('unpack the JPEG folders there (train/CLASS, test/CLASS), or let torchvision download the '
         'official release (download=True, the default of make_shards and the job)')
+
+
+def cache_root() -> Path:
+    """Where torchvision's download goes: XDG_CACHE_HOME (default ~/.cache)/tokenformer_vit/cifar10, read when used."""
+    return Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'tokenformer_vit' / 'cifar10'
 
 
 def _layout(folder: Path) -> Optional[Tuple[str, Path]]:
@@ -48,21 +52,22 @@ def find_cifar10(root: Optional[os.PathLike] = None, download: bool = True) -> T
             raise DataError(f'No CIFAR-10 in {given}: it needs train/CLASS and test/CLASS image folders or '
                                     f'torchvision\'s {_BATCHES}/; {_HOW}.')
         return found
-    for candidate in (Path('data/cifar10'), CACHE_ROOT):
+    cache = cache_root()
+    for candidate in (Path('data/cifar10'), cache):
         found = _layout(candidate)
         if found:
             return found
     if not download:
-        raise DataError(f'CIFAR-10 not found in data/cifar10 or {CACHE_ROOT}: set CIFAR10_ROOT to a folder '
+        raise DataError(f'CIFAR-10 not found in data/cifar10 or {cache}: set CIFAR10_ROOT to a folder '
                                 f'holding it, or {_HOW}.')
     from torchvision.datasets import CIFAR10
     try:
         for train in (True, False):
-            CIFAR10(str(CACHE_ROOT), train=train, download=True)
+            CIFAR10(str(cache), train=train, download=True)
     except Exception as e:  # noqa: BLE001 - no network, a broken mirror, a damaged archive: one answer
-        raise DataError(f'CIFAR-10 is not in data/cifar10 or {CACHE_ROOT}, and torchvision could not download it '
+        raise DataError(f'CIFAR-10 is not in data/cifar10 or {cache}, and torchvision could not download it '
                         f'({e.__class__.__name__}): set CIFAR10_ROOT to a folder holding it, or {_HOW}.') from None
-    return 'batches', CACHE_ROOT / _BATCHES
+    return 'batches', cache / _BATCHES
 
 
 def _read_batches(folder: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The `train_imagenet.py` command: parse the flags, then run the job here or submit it.
+"""The `train_imagenet.py` command: parse and check the flags, then run the job here on their values
+(config.job_config), or submit it.
 
 The launcher (submit.py) imports the job (train.py), never the reverse. A `UserError` from either,
 a bad flag, file, checkpoint or data set, ends as one sentence on stderr and exit code 2.
@@ -6,7 +7,7 @@ a bad flag, file, checkpoint or data set, ends as one sentence on stderr and exi
 import sys
 from typing import List, Optional
 
-from .config import parse_args
+from .config import job_config, parse_args
 from .errors import UserError
 
 __all__ = ['main']
@@ -19,7 +20,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .submit import submit
             return submit(args)
         from .train import main as train
-        return train(args)
+        return train(job_config(args))
     except KeyboardInterrupt:  # before the first step (later, Ctrl-C saves and stops: distributed.Preemption)
         print('error: interrupted before training started: nothing was saved; rerun the command to start again.',
               file=sys.stderr)

@@ -1,17 +1,21 @@
-"""The training job's flags: argparse, a YAML config of flag defaults, and their checks.
+"""The training job's flags: argparse, a YAML config of flag defaults, their checks, and the values
+they become.
 
 A YAML config sets the flags' defaults (keys are the flags' names with underscores); flags override
-it. Every value, from a flag or the file alike, is checked here, before any work starts: a bad one
-is one sentence and exit code 2.
+it. Every value, from a flag or the file alike, is checked here (`parse_args`), before any work
+starts: a bad one is one sentence and exit code 2. Checked flags then become frozen values, once,
+here (`job_config`): the job's `JobConfig`, which holds the run's `RunConfig` (run.py), the loader's
+`DataConfig` (data.py) and, with --shards-from, the shard writer's `ShardSpec` (make_shards.py).
+Below the commands, no function sees the argparse namespace.
 """
 import argparse
 import importlib.util
 import math
 import os
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
@@ -21,10 +25,11 @@ from .growth import GROWTH_MODES, GROW_SCHEDULES, GrowthPlan, check_exact
 from .pattention import PATTENTION_IMPLS, Pattention
 from .run import RunConfig
 from .data import DataConfig
+from .make_shards import ShardSpec
 from .transforms import INTERPOLATIONS, MAX_IMAGE_PIXELS, Recipe
 
-__all__ = ['COMPILE_MODES', 'ConfigError', 'build_parser', 'parse_args', 'job_args', 'run_config', 'data_config',
-           'study_config', 'plain']
+__all__ = ['COMPILE_MODES', 'ConfigError', 'JobConfig', 'build_parser', 'parse_args', 'job_args', 'job_config',
+           'run_config', 'data_config', 'study_config', 'plain']
 
 
 SHUFFLE_BUFFER = 2048  # undecoded training samples shuffled in each loader worker
@@ -48,7 +53,8 @@ _YamlLoader.yaml_implicit_resolvers = {
 _YamlLoader.add_implicit_resolver(_FLOAT, re.compile(
     r'^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$'
     r'|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$'), list('-+0123456789.'))
-_YamlLoader.add_implicit_resolver(_INT, re.compile(r'^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$'), list('-+0123456789'))
+_YamlLoader.add_implicit_resolver(_INT, re.compile(r'^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$'),
+                                  list('-+0123456789'))
 
 
 def load_yaml(text: str):
@@ -78,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--initial-checkpoint', default=None,
                    help='start from this (smaller) Tokenformer-ViT checkpoint, grown to the model\'s token counts')
     _add_growth_flags(g)
-    g.add_argument('--pattention-impl', default='auto', choices=PATTENTION_IMPLS,
-                   help="Pattention's implementation: 'fused' Triton kernels (CUDA, opt-in: slower than 'torch' in "
-                        "training on an H200 so far), 'torch', or 'auto' (torch)")
+    g.add_argument('--pattention-impl', default='torch', choices=PATTENTION_IMPLS,
+                   help="Pattention's implementation, speed only: 'torch' ops, or Triton row kernels (CUDA, opt-in: "
+                        "slower than 'torch' in training on an H200 so far)")
     _add_data_flags(p.add_argument_group('data'))
     _add_optimization_flags(p.add_argument_group('optimization'))
     _add_run_flags(p.add_argument_group('run'))
@@ -125,7 +131,8 @@ def _add_data_flags(g) -> None:
 def _add_optimization_flags(g) -> None:
     g.add_argument('--epochs', type=int, default=300)
     g.add_argument('--batch-size', type=int, default=128, help='per device')
-    g.add_argument('--lr', type=float, default=None, help='absolute learning rate (default: --blr x global batch / 256)')
+    g.add_argument('--lr', type=float, default=None,
+                   help='absolute learning rate (default: --blr x global batch / 256)')
     g.add_argument('--blr', type=float, default=1e-4, help='learning rate per 256 images')
     g.add_argument('--min-lr', type=float, default=1e-6)
     g.add_argument('--warmup-lr', type=float, default=1e-6)
@@ -158,7 +165,8 @@ def _add_run_flags(g) -> None:
 
 def _add_growth_flags(g) -> None:
     g.add_argument('--grow', default=None,
-                   help='growth schedule: "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." grows at the start of EPOCH (0-based)')
+                   help='growth schedule: "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." grows at the start of EPOCH '
+                        '(0-based)')
     # the defaults are the recipe that trained best in the CIFAR-10 growth study (docs/growth.md)
     g.add_argument('--grow-mode', default='paper', choices=GROWTH_MODES,
                    help='paper (default): new random keys, τ = √n, as the official code; preserve: the grown model '
@@ -175,7 +183,8 @@ def _add_submit_flags(g) -> None:
     g.add_argument('--cluster', default='slurm', choices=['slurm', 'local', 'debug'])
     g.add_argument('--nodes', type=int, default=1)
     g.add_argument('--gpus-per-node', type=int, default=1)
-    g.add_argument('--tasks-per-node', type=int, default=None, help='default: --gpus-per-node (processes, on a CPU machine)')
+    g.add_argument('--tasks-per-node', type=int, default=None,
+                   help='default: --gpus-per-node (processes, on a CPU machine)')
     g.add_argument('--cpus-per-task', type=int, default=10)
     g.add_argument('--mem-gb', type=int, default=None)
     g.add_argument('--partition', default=None)
@@ -297,22 +306,25 @@ def _check_values(args: argparse.Namespace) -> None:
         if value is not None and (value > high or (value == high and not inclusive)):
             bound = f'at most {high}' if inclusive else f'less than {high}'
             raise ConfigError(f'--{key.replace("_", "-")} is {value}: it must be {bound}'
-                              + (' (a fraction of the resized image: 0.875 keeps 87.5%).' if key == 'crop_pct' else '.'))
+                              + (' (a fraction of the resized image: 0.875 keeps 87.5%).' if key == 'crop_pct'
+                                 else '.'))
     if args.device is not None:
         try:
             torch.device(args.device)
         except RuntimeError:
             raise ConfigError(f'--device {args.device} is not a device: use cpu, cuda or cuda:N.') from None
-    args.grow = GrowthPlan.parse(args.grow, args.grow_mode, args.grow_schedule, args.tau_ramp_epochs)
+    plan = _growth_plan(args)
     model = _check_model(args)
-    if (args.grow or args.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
-        raise ConfigError(f'--{"grow" if args.grow else "initial-checkpoint"} needs a Tokenformer-ViT; --model '
+    if (plan or args.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
+        raise ConfigError(f'--{"grow" if plan else "initial-checkpoint"} needs a Tokenformer-ViT; --model '
                           f'{args.model} has no parameter tokens: pick a tokenformer_vit_* model.')
-    if args.grow:  # from the flags' token counts: a resumed run checks again from its checkpoint's (run.check_resume)
-        args.grow.check((model.attn_tokens, model.ffn_tokens), epochs=args.epochs)
-        _check_grow_modes(args, model)
+    if plan:  # from the flags' token counts: a resumed run checks again from its checkpoint's (run.check_resume)
+        plan.check((model.attn_tokens, model.ffn_tokens), epochs=args.epochs)
+        _check_grow_modes(args, model, plan)
+    _check_impl(args, model)
     if args.tensorboard and importlib.util.find_spec('tensorboard') is None:
-        raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard, or leave the flag out.')
+        raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard, or leave the flag '
+                          'out.')
     if not all(0 <= b < 1 for b in args.opt_betas):
         raise ConfigError(f'--opt-betas {" ".join(map(str, args.opt_betas))}: each beta must be in [0, 1).')
     if not 0 < args.scale[0] <= args.scale[1] <= 1:
@@ -325,7 +337,22 @@ def _check_values(args: argparse.Namespace) -> None:
         raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
     if args.compile_mode != 'default' and not args.compile:
         raise ConfigError(f'--compile-mode {args.compile_mode} takes effect only with --compile: add --compile.')
-    _check_effective(args)
+    _check_effective(args, plan)
+
+
+def _growth_plan(args: argparse.Namespace) -> GrowthPlan:
+    """The run's growth plan from --grow and the flags that qualify it (a bad entry: one sentence)."""
+    return GrowthPlan.parse(args.grow, args.grow_mode, args.grow_schedule, args.tau_ramp_epochs)
+
+
+def _check_impl(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """--pattention-impl is the one switch of Pattention's implementation, for models that have it."""
+    if 'pattention_impl' in dict(args.model_kwargs):
+        raise ConfigError(f'--model-kwargs pattention_impl={dict(args.model_kwargs)["pattention_impl"]} is a speed '
+                          f'switch, not a model argument: pass --pattention-impl instead.')
+    if args.pattention_impl != 'torch' and not any(isinstance(m, Pattention) for m in model.modules()):
+        raise ConfigError(f'--pattention-impl {args.pattention_impl} is for Tokenformer models; --model {args.model} '
+                          f'has no Pattention layers: leave it out.')
 
 
 # flags that act only with --submit (a job runs here without them)
@@ -333,7 +360,7 @@ SUBMIT_FLAGS = ('cluster', 'nodes', 'gpus_per_node', 'tasks_per_node', 'cpus_per
                 'timeout_min', 'job_dir')
 
 
-def _check_effective(args: argparse.Namespace) -> None:
+def _check_effective(args: argparse.Namespace, plan: GrowthPlan) -> None:
     """A flag (or config key) set away from its default must act: one that would do nothing in this
     combination is refused, in one sentence, rather than ignored."""
     defaults = build_parser().parse_args([])
@@ -352,24 +379,24 @@ def _check_effective(args: argparse.Namespace) -> None:
     if args.color_jitter and args.rand_augment:  # timm's rule: jitter only without an auto-augment policy
         raise ConfigError(f'--color-jitter {args.color_jitter} takes effect only with --no-rand-augment (timm ignores '
                           f'colour jitter under RandAugment): add --no-rand-augment, or leave it out.')
-    if not args.grow and args.grow_schedule != defaults.grow_schedule:
+    if not plan and args.grow_schedule != defaults.grow_schedule:
         raise ConfigError(f'--grow-schedule {args.grow_schedule} takes effect only with --grow: add a --grow, or leave '
                           f'it out.')
-    if not args.grow and not args.initial_checkpoint and args.grow_mode != defaults.grow_mode:
+    if not plan and not args.initial_checkpoint and args.grow_mode != defaults.grow_mode:
         raise ConfigError(f'--grow-mode {args.grow_mode} takes effect only with --grow or --initial-checkpoint: add '
                           f'one, or leave it out.')
-    ramps = args.grow_mode == 'ramp' or any(e.mode == 'ramp' for e in args.grow.events)
+    ramps = args.grow_mode == 'ramp' or any(e.mode == 'ramp' for e in plan.events)
     if args.tau_ramp_epochs != defaults.tau_ramp_epochs and not ramps:
         raise ConfigError(f'--tau-ramp-epochs {args.tau_ramp_epochs} takes effect only with ramp growth: add '
                           f'--grow-mode ramp (or :ramp on a --grow event), or leave it out.')
 
 
-def _check_grow_modes(args: argparse.Namespace, model: torch.nn.Module) -> None:
+def _check_grow_modes(args: argparse.Namespace, model: torch.nn.Module, plan: GrowthPlan) -> None:
     """A growth that keeps the function (preserve, ramp) is exact only for the L2 norms: refused for a
     softmax model here, not at the growth's epoch."""
     for norm in {m.norm for m in model.modules() if isinstance(m, Pattention)}:
-        for event in args.grow.events:
-            check_exact(args.grow.mode_of(event), norm, f'--grow {event} of --model {args.model}')
+        for event in plan.events:
+            check_exact(plan.mode_of(event), norm, f'--grow {event} of --model {args.model}')
 
 
 def _check_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -386,7 +413,8 @@ def _check_model(args: argparse.Namespace) -> torch.nn.Module:
         hint = (f' ({", ".join(text)} {"was" if len(text) == 1 else "were"} read as text: numbers are written as '
                 f'digits)' if text and isinstance(e, TypeError) else '')
         raise ConfigError(f'cannot create --model {args.model} with --model-kwargs {dict(args.model_kwargs)}'
-                          f'{" and --img-size " + str(args.img_size) if args.img_size else ""}: {str(e).rstrip(".")}{hint}.') from None
+                          f'{" and --img-size " + str(args.img_size) if args.img_size else ""}: '
+                          f'{str(e).rstrip(".")}{hint}.') from None
     patch = getattr(getattr(model, 'patch_embed', None), 'patch_size', None)
     size = getattr(getattr(model, 'patch_embed', None), 'img_size', None)
     if patch and size and any(s < p for s, p in zip(size, patch)):
@@ -459,9 +487,53 @@ def plain(value):
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    """The run's plain values from the job's checked flags: the one place flags become a run."""
+    """The run's plain values from the job's checked flags: the one place flags become a run. `flags`
+    records them as run, --grow as its plan's string, in config.yaml and every checkpoint."""
+    plan = _growth_plan(args)
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if f.name not in ('growth', 'flags')}
-    return RunConfig(**values, growth=args.grow, flags=plain(vars(args)))
+    return RunConfig(**values, growth=plan, flags=plain(dict(vars(args), grow=str(plan))))
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The training job's values, made once from its checked flags (`job_config`): the run it trains,
+    the data it reads (the loader's values, the splits, the shards to build if missing), where it
+    writes, what it logs and saves, and the device and precision asked for (None: the defaults)."""
+    run: RunConfig
+    data: DataConfig
+    output: Path
+    train_split: str
+    val_split: str
+    num_classes: Optional[int]  # None: from the shards' _info.json
+    crop_pct: Optional[float]  # the evaluation crop asked for (None: the model's), for the validate command
+    device: Optional[str]
+    amp: Optional[str]
+    eval_only: bool
+    overwrite: bool
+    save_every_epochs: int
+    save_every_steps: int
+    log_every: int
+    tensorboard: bool
+    progress: bool
+    shards_from: Optional[str]  # an embedded data set to build --data-dir from, if it has no _info.json
+    shards: ShardSpec  # how those shards are written
+
+    @property
+    def flags(self) -> Dict[str, Any]:
+        """The flags as run (plain values): what config.yaml and every checkpoint record."""
+        return self.run.flags
+
+
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The job's frozen values from its checked flags (`parse_args`)."""
+    shards = ShardSpec(shard_size=2500, workers=max(1, os.cpu_count() or 1), max_pixels=args.max_image_pixels,
+                       name=(args.shards_from or '').replace('-', '_') or None, progress=True)
+    return JobConfig(run=run_config(args), data=data_config(args), output=Path(args.output),
+                     train_split=args.train_split, val_split=args.val_split, num_classes=args.num_classes,
+                     crop_pct=args.crop_pct, device=args.device, amp=args.amp, eval_only=args.eval_only,
+                     overwrite=args.overwrite, save_every_epochs=args.save_every_epochs,
+                     save_every_steps=args.save_every_steps, log_every=args.log_every, tensorboard=args.tensorboard,
+                     progress=args.progress, shards_from=args.shards_from, shards=shards)
 
 
 def study_config(**values) -> RunConfig:

@@ -126,7 +126,8 @@ def _ustar_index(data) -> Tuple[Optional[List[Tuple[str, int, int]]], Optional[s
         if header == _ZERO_BLOCK:
             problem = None
             break
-        if header[257:262] != b'ustar' or sum(header) - sum(header[148:156]) + 256 != int(header[148:155].strip(b' \0') or b'0', 8):
+        checksum = int(header[148:155].strip(b' \0') or b'0', 8)
+        if header[257:262] != b'ustar' or sum(header) - sum(header[148:156]) + 256 != checksum:
             problem = 'has a damaged header'
             break
         kind, size = header[156:157], int(header[124:135].strip(b' \0') or b'0', 8)
@@ -246,7 +247,8 @@ class ShardStream(IterableDataset):
             after = ('rerun the command to resume from the last save, evaluated on the new shards' if not self.training
                      else 'a run cannot change its training shards: put the old ones back to resume, or start a '
                           'new --output')
-            raise DataError(f'split {self.split!r} of {self.root} was rebuilt while this job ran ({len(self.filenames)} '
+            raise DataError(f'split {self.split!r} of {self.root} was rebuilt while this job ran '
+                            f'({len(self.filenames)} '
                             f'shards when it started, now {len(now)} others): {after}.')
 
     def check_evaluated(self, images: int) -> None:
@@ -453,14 +455,11 @@ def _kill_leftover_workers() -> None:
         child.join(timeout=10)
 
 
-_reaper_registered = False
-
-
 def _register_worker_reaper() -> None:
-    global _reaper_registered
-    if not _reaper_registered:  # registered after multiprocessing's handler, so it runs before it
-        atexit.register(_kill_leftover_workers)
-        _reaper_registered = True
+    """Make the reaper the latest exit handler (once, however often called): exit handlers run last
+    first, so it runs before multiprocessing's, which would wait for the workers."""
+    atexit.unregister(_kill_leftover_workers)
+    atexit.register(_kill_leftover_workers)
 
 
 def build_loader(data: DataConfig, split: str, training: bool, *, world_size: int = 1, rank: int = 0,

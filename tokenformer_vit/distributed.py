@@ -2,6 +2,7 @@
 all ranks, preemption signals agreed at a step boundary, and leaving the process group."""
 import os
 import signal
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -9,12 +10,23 @@ import torch.distributed as dist
 
 from .errors import ConfigError, UserError
 
-__all__ = ['setup_distributed', 'on_rank_zero', 'Preemption', 'leave']
+__all__ = ['Process', 'setup_distributed', 'on_rank_zero', 'Preemption', 'leave']
 
 
-def setup_distributed(device_arg: Optional[str]):
-    """(rank, world size, device): from torchrun's or submitit's environment (RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR/PORT); NCCL on GPUs, gloo on CPUs."""
+@dataclass(frozen=True)
+class Process:
+    """Where a run trains: this process's rank among `world` processes, its device and precision
+    ('bf16', 'fp16' or 'none')."""
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device('cpu')
+    amp: str = 'none'
+
+
+def setup_distributed(device_arg: Optional[str], amp_arg: Optional[str]) -> Process:
+    """This process's place: rank and world size from torchrun's or submitit's environment (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), NCCL on GPUs and gloo on CPUs; the device (default
+    cuda if there is one) and precision (default bf16 on CUDA, none elsewhere)."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
     device = torch.device(device_arg or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda':
@@ -24,7 +36,10 @@ def setup_distributed(device_arg: Optional[str]):
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', rank=rank, world_size=world)
-    return rank, world, device
+    amp = amp_arg or ('bf16' if device.type == 'cuda' else 'none')
+    if amp == 'fp16' and device.type != 'cuda':
+        raise ConfigError('--amp fp16 needs a CUDA GPU: use --amp bf16 or none on the CPU.')
+    return Process(rank, world, device, amp)
 
 
 def on_rank_zero(rank: int, world: int, check: Callable[[], None]) -> None:

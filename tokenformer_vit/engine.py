@@ -10,6 +10,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from .errors import DivergedError
 from .transforms import normalize_batch
 
-__all__ = ['seed_step', 'build_optimizer', 'build_loss', 'LRSchedule', 'train_one_epoch', 'evaluate']
+__all__ = ['seed_step', 'build_optimizer', 'build_loss', 'LRSchedule', 'StepParts', 'train_one_epoch', 'evaluate']
 
 
 def seed_step(seed: int, rank: int, step: int) -> None:
@@ -33,8 +34,9 @@ def seed_step(seed: int, rank: int, step: int) -> None:
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
                     device: Optional[torch.device] = None) -> torch.optim.Optimizer:
-    """timm's AdamW: no weight decay on biases, norms, the embeddings and τ (the model's
-    `no_weight_decay`); the parameter tokens decay, as in the paper. Fused kernels on CUDA."""
+    """timm's AdamW: no weight decay on biases, norms and the embeddings (1-D parameters and the
+    model's `no_weight_decay`); the parameter tokens decay, as in the paper (τ is a buffer, not a
+    parameter: nothing trains it). Fused kernels on CUDA."""
     from timm.optim import create_optimizer_v2
     extra = dict(fused=True) if device is not None and device.type == 'cuda' else {}
     return create_optimizer_v2(model, 'adamw', lr=lr, weight_decay=weight_decay, betas=tuple(betas), **extra)
@@ -55,7 +57,8 @@ class LRSchedule:
     `continue`: one schedule over the whole run, whatever grows.
     `restart` (the job's default): at each growth (`grown(step)`, called by
     growth.grow_training_state) the warmup and the cosine start again, and decay to `min_lr` by the
-    next planned growth or the end of the run, as the official code's separate training stages do. The segment ends come from the growth plan,
+    next planned growth or the end of the run, as the official code's separate training stages do.
+    The segment ends come from the growth plan,
     the restarts from the growths that happened: both are in the checkpoint (`state_dict`).
     """
 
@@ -102,34 +105,56 @@ def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
 
-def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                    schedules: Sequence, loss_fn: Callable, *, device: torch.device, mean, std, step: int, seed: int,
-                    rank: int = 0,
-                    amp_dtype: Optional[torch.dtype] = None, scaler=None, erasing=None, mixup=None, ema=None,
-                    clip_grad: Optional[float] = None, raw_model: Optional[torch.nn.Module] = None,
+@dataclass(frozen=True)
+class StepParts:
+    """What each optimizer step of an epoch uses besides the model and the batch: the optimizer and
+    the schedules stepped after it (the learning rate's, a growth's τ ramp), the loss, the input's
+    normalisation (`mean`, `std`), its erasing (timm's RandomErasing) and mixing on the device, the
+    precision, the EMA (following `raw_model`, the module inside DDP and torch.compile), gradient
+    clipping, the seeds (`seed`, `rank`), and whether the model replays CUDA graphs (torch.compile's
+    reduce-overhead), whose steps are then marked as new ones."""
+    optimizer: torch.optim.Optimizer
+    schedules: Sequence
+    loss_fn: Callable
+    device: torch.device
+    mean: Sequence[float]
+    std: Sequence[float]
+    seed: int = 0
+    rank: int = 0
+    amp_dtype: Optional[torch.dtype] = None
+    scaler: Optional[object] = None
+    erasing: Optional[Callable] = None
+    mixup: Optional[Callable] = None
+    ema: Optional[torch.nn.Module] = None
+    raw_model: Optional[torch.nn.Module] = None
+    clip_grad: Optional[float] = None
+    cuda_graph_steps: bool = False
+
+
+def train_one_epoch(model: torch.nn.Module, batches: Iterable, parts: StepParts, step: int,
                     should_stop: Callable[[], bool] = lambda: False,
-                    on_step: Callable[[int, float, float, int], None] = lambda *a: None,
-                    mark_cuda_graph_steps: bool = False) -> Dict:
+                    on_step: Callable[[int, float, float, int], None] = lambda *a: None) -> Dict:
     """Train on `batches` from global step `step`; returns the new step, the mean loss, the images
     seen by this rank and whether it stopped early for a preemption. Each batch is normalised, erased
-    (`erasing`, timm's RandomErasing) and mixed (`mixup`) on the device. Each of `schedules` (the learning
-    rate's, a growth's τ ramp) is stepped after every optimizer step. `model` may be wrapped (DDP,
-    torch.compile); `raw_model` is the module the EMA follows. `mark_cuda_graph_steps`: the model
-    replays CUDA graphs (torch.compile's reduce-overhead), so each step is marked as a new one."""
+    and mixed on the device, in timm's order; each of the schedules is stepped after every optimizer
+    step. `model` may be wrapped (DDP, torch.compile)."""
+    p = parts
+    device, optimizer, scaler, clip_grad = p.device, p.optimizer, p.scaler, p.clip_grad
     model.train()
     loss_sum, loss_count, images, stopped = torch.zeros((), device=device), 0, 0, False
     for x, y in batches:
-        seed_step(seed, rank, step)
-        x = normalize_batch(x.to(device, non_blocking=True), mean, std).contiguous(memory_format=torch.channels_last)
+        seed_step(p.seed, p.rank, step)
+        x = normalize_batch(x.to(device, non_blocking=True), p.mean,
+                            p.std).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
-        if erasing is not None:  # timm's order: erase the normalised images, then mix them
-            x = erasing(x)
-        if mixup is not None:
-            x, y = mixup(x, y)
-        if mark_cuda_graph_steps:
+        if p.erasing is not None:  # timm's order: erase the normalised images, then mix them
+            x = p.erasing(x)
+        if p.mixup is not None:
+            x, y = p.mixup(x, y)
+        if p.cuda_graph_steps:
             torch.compiler.cudagraph_mark_step_begin()
-        with _autocast(device, amp_dtype):
-            loss = loss_fn(model(x), y)
+        with _autocast(device, p.amp_dtype):
+            loss = p.loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -144,10 +169,10 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, optimizer: torch.
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
         step += 1
-        for schedule in schedules:
+        for schedule in p.schedules:
             schedule.step_update(num_updates=step)
-        if ema is not None:
-            ema.update(raw_model if raw_model is not None else model, step=step)
+        if p.ema is not None:
+            p.ema.update(p.raw_model if p.raw_model is not None else model, step=step)
         loss_sum += loss.detach().float()
         loss_count += 1
         images += len(y)

@@ -1,4 +1,5 @@
-"""Fashion-MNIST, the embedded real data set: 70,000 28×28 greyscale images of 10 clothing classes.
+"""Fashion-MNIST, the demo's embedded real data set (CIFAR-10 is the other, cifar10.py): 70,000 28×28
+greyscale images of 10 clothing classes.
 
 Read from the IDX files of the Debian package `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist),
 from any folder holding the four `*-idx?-ubyte.gz` files of the official release (FASHION_MNIST_ROOT),
@@ -17,10 +18,16 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ['FASHION_MNIST_CLASSES', 'DEFAULT_ROOT', 'CACHE_ROOT', 'load_fashion_mnist', 'download_fashion_mnist']
+__all__ = ['FASHION_MNIST_CLASSES', 'DEFAULT_ROOT', 'cache_root', 'load_fashion_mnist', 'download_fashion_mnist']
 
 DEFAULT_ROOT = Path('/usr/share/datasets/fashion-mnist')
-CACHE_ROOT = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'tokenformer_vit' / 'fashion-mnist'
+
+
+def cache_root() -> Path:
+    """Where a download goes: XDG_CACHE_HOME (default ~/.cache)/tokenformer_vit/fashion-mnist, read when used."""
+    return Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'tokenformer_vit' / 'fashion-mnist'
+
+
 MIRRORS = ('http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/',
            'https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/')
 MD5 = {  # of the official release's files
@@ -46,10 +53,10 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def download_fashion_mnist(root: Optional[os.PathLike] = None, mirrors: Optional[Sequence[str]] = None) -> Path:
-    """Fetch the four official files into `root` (default CACHE_ROOT), trying `mirrors` (default
+    """Fetch the four official files into `root` (default `cache_root()`), trying `mirrors` (default
     MIRRORS) in turn; files already there and intact are kept."""
     from .atomic import atomic_file
-    root, mirrors = Path(root or CACHE_ROOT), mirrors or MIRRORS
+    root, mirrors = Path(root or cache_root()), mirrors or MIRRORS
     root.mkdir(parents=True, exist_ok=True)
     for name, md5 in MD5.items():
         path = root / name
@@ -88,7 +95,7 @@ def _find_root(root: Optional[os.PathLike], download: bool) -> Path:
     given = root or os.environ.get('FASHION_MNIST_ROOT')
     if given:
         return Path(given)  # where the user says: no download, a missing file is an error
-    for candidate in (DEFAULT_ROOT, CACHE_ROOT):
+    for candidate in (DEFAULT_ROOT, cache_root()):
         if all((candidate / name).is_file() for name in MD5):
             return candidate
     if download:

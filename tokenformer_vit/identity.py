@@ -25,8 +25,6 @@ RESUMABLE = frozenset({
     'timeout_min', 'job_dir', 'epochs'})
 # what --eval-only compares: the flags that build the model it evaluates
 MODEL_IDENTITY = ('model', 'model_kwargs', 'img_size')
-# what --eval-only compares: the flags that build the model it evaluates
-MODEL_IDENTITY = ('model', 'model_kwargs', 'img_size')
 
 
 def changed_settings(saved: dict, now: dict, keys=None) -> List[Tuple[str, Any, Any]]:
@@ -60,14 +58,14 @@ def flag_text(key: str, value) -> str:
     return f'{flag} {value}'
 
 
-def check_flags(resume: Dict, args: Dict, path: Path, eval_only: bool = False) -> None:
+def check_flags(resume: Dict, flags: Dict, path: Path, eval_only: bool = False) -> None:
     """Every identity flag (for --eval-only, those that build the model) as the checkpoint recorded it
     at the run's start: a difference is refused, naming both values."""
     saved = resume.get('args')
     if not isinstance(saved, dict):
         raise ConfigError(f'{path} records no settings, so a resume could not tell whether they changed: move it '
                           f'out of --output, or start from it with --initial-checkpoint.')
-    changed = changed_settings(saved, args, MODEL_IDENTITY if eval_only else None)
+    changed = changed_settings(saved, flags, MODEL_IDENTITY if eval_only else None)
     if changed:
         key, before, now = changed[0]
         more = (f' (and {", ".join(flag_text(k, v).split(" ")[0] for k, v, _ in changed[1:])})'

@@ -29,6 +29,7 @@ import signal
 import sys
 import tarfile
 import warnings
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -47,6 +48,20 @@ JPEG_QUALITY = 95
 
 # one sample to write: (key, class index, class name, source path or raw image, original file name)
 Item = Tuple[str, int, str, object, str]
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """How a split is written: images per shard, the longer side above which an image is re-encoded
+    (None: JPEGs byte for byte), the largest image decoded, worker processes, the data set's name
+    (None: the output folder's), the shuffle's seed, and a progress bar."""
+    shard_size: int = 1024
+    max_side: Optional[int] = None
+    max_pixels: int = MAX_IMAGE_PIXELS
+    workers: int = 1
+    name: Optional[str] = None
+    seed: int = 0
+    progress: bool = True
 
 
 def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[List[Tuple[Path, int]], List[str]]:
@@ -80,7 +95,8 @@ def list_image_folder(root: Path, class_list: Optional[Path] = None) -> Tuple[Li
     for name in folders:
         for path in sorted((root / name).rglob('*')):
             # a dangling link is listed too: it is then skipped and counted like an unreadable file
-            if path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or (path.is_symlink() and not path.exists())):
+            dangling = path.is_symlink() and not path.exists()
+            if path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or dangling):
                 items.append((path, index[name]))
     if not items:
         raise ShardError(f'Input folder {root} holds no images ({", ".join(IMAGE_EXTENSIONS)}).')
@@ -177,15 +193,16 @@ def _recorded_classes(info_path: Path, split: str) -> Optional[List[str]]:
     try:
         info = json.loads(info_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ShardError(f'{info_path} is not valid JSON: remove it (and its shards) or write to another --output.') from None
+        raise ShardError(f'{info_path} is not valid JSON: remove it (and its shards) or write to another '
+                         f'--output.') from None
     others = [s for s in info.get('splits', {}) if s != split]
     return list(info['classes']) if others and info.get('classes') else None
 
 
-def make_shards(input: str, split: str, output: os.PathLike, class_list: Optional[os.PathLike] = None,
-                shard_size: int = 1024, max_side: Optional[int] = None, workers: int = 1, name: Optional[str] = None,
-                seed: int = 0, progress: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Dict:
-    """Write `split` of an image folder (or an EMBEDDED data set) as shards under `output`; returns its _info entry.
+def make_shards(input: str, split: str, output: os.PathLike, spec: ShardSpec = ShardSpec(),
+                class_list: Optional[os.PathLike] = None) -> Dict:
+    """Write `split` of an image folder (or an EMBEDDED data set) as shards under `output`, as `spec`
+    says; returns its _info entry.
 
     The class indices of every split of one `output` come from one class list, recorded once in
     _info.json: a later split is labelled with the list the first one recorded, and refused if it
@@ -194,7 +211,7 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
     that its own record names: the shards that _info.json lists and those of the journal
     (OUTPUT/.make_shards-journal.json), which lists a build's shards before they are written."""
     root = Path(output)
-    name = _check_request(input, split, root, name, shard_size, max_side, max_pixels, workers)
+    name = _check_request(input, split, root, spec)
     made = [p for p in (root, *root.parents) if not p.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -206,8 +223,7 @@ def make_shards(input: str, split: str, output: os.PathLike, class_list: Optiona
         _finish_killed_builds(root)
         items, classes = _labelled_items(input, split, root, class_list)
         _check_name(root, name, split)
-        return _write_split(root, name, split, items, classes, input, shard_size, max_side, workers, seed, progress,
-                            max_pixels)
+        return _write_split(root, name, split, (items, classes, input), spec)
     except BaseException:
         if lock is not None and made:  # a refused or failed first build leaves no folder behind
             for path in (root / JOURNAL, root / LOCK):
@@ -307,10 +323,13 @@ def _check_name(root: Path, name: str, split: str) -> None:
                          f'pass --name {info["name"]}, or write to another --output.')
 
 
-def _write_split(root: Path, name: str, split: str, items: List[Item], classes: List[str], input: str,
-                 shard_size: int, max_side: Optional[int], workers: int, seed: int, progress: bool,
-                 max_pixels: int) -> Dict:
-    random.Random(seed).shuffle(items)
+def _write_split(root: Path, name: str, split: str, source: Tuple[List[Item], List[str], str], spec: ShardSpec
+                 ) -> Dict:
+    """Write the split's `source` (items, classes, the input they came from) as a new generation of
+    shards and switch _info.json over to it."""
+    items, classes, input = source
+    shard_size = spec.shard_size
+    random.Random(spec.seed).shuffle(items)
     items = [(f'{split}_{i:08d}', label, cname, src, fname) for i, (_, label, cname, src, fname) in enumerate(items)]
     # A rebuild writes a new generation of shards beside the old, under names no file has, listed in
     # the journal before the first is written, and switches over by replacing _info.json: killed at
@@ -327,16 +346,16 @@ def _write_split(root: Path, name: str, split: str, items: List[Item], classes: 
             break
     old = [f for f in before.get('filenames', []) if isinstance(f, str) and f not in names]
     _write_journal(root, {split: names + old})  # whichever set _info.json does not list when killed goes next time
-    jobs = [(str(root / n), items[s:s + shard_size], max_side, max_pixels)
+    jobs = [(str(root / n), items[s:s + shard_size], spec.max_side, spec.max_pixels)
             for n, s in zip(names, range(0, len(items), shard_size))]
     try:
-        results, skipped = _write_all(jobs, workers, f'{name}/{split}' if progress else None)
+        results, skipped = _write_all(jobs, spec.workers, f'{name}/{split}' if spec.progress else None)
         if not sum(results.values()):  # nothing to switch to: the old set stays
             raise ShardError(f'none of the {len(items)} images of {input} could be read ({skipped[0]}): the split '
                              f'was not written.')
         entry = dict(name=split, num_samples=sum(results.values()), filenames=names,
                      shard_lengths=[results[f] for f in names], num_classes=len(classes), skipped=len(skipped),
-                     generation=generation, max_side=max_side)
+                     generation=generation, max_side=spec.max_side)
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         info['name'] = name
         info.setdefault('splits', {})[split] = entry
@@ -362,13 +381,12 @@ def _split_entry(info_path: Path, split: str) -> Dict:
     return entry if isinstance(entry, dict) else {}
 
 
-def _check_request(input: str, split: str, root: Path, name: Optional[str], shard_size: int, max_side: Optional[int],
-                   max_pixels: int, workers: int) -> str:
+def _check_request(input: str, split: str, root: Path, spec: ShardSpec) -> str:
     """Refuse what cannot be built, before anything is written; returns the data set's name."""
     if split not in SPLITS:
         raise ShardError(f"Unknown split {split!r}: use 'train' or 'validation'.")
-    for flag, value in (('--shard-size', shard_size), ('--max-side', max_side), ('--max-image-pixels', max_pixels),
-                        ('--workers', workers)):
+    for flag, value in (('--shard-size', spec.shard_size), ('--max-side', spec.max_side),
+                        ('--max-image-pixels', spec.max_pixels), ('--workers', spec.workers)):
         if value is not None and value < 1:
             raise ShardError(f'{flag} is {value}: it must be at least 1.')
     if root.exists() and not root.is_dir():
@@ -378,6 +396,7 @@ def _check_request(input: str, split: str, root: Path, name: Optional[str], shar
         if target == source or source in target.parents:
             raise ShardError(f'--output {root} is inside --input {input}: it would become a class of its own; '
                              f'write the shards outside the image folder.')
+    name = spec.name
     if name is None:  # the folder's name, as a name may be: ROOT imagenet-wds is the data set imagenet_wds
         name = root.resolve().name.replace('-', '_').replace('.', '_')
     if '.' in name or '-' in name:  # a shard is NAME-SPLIT-gN-000000.tar: its dashes separate those
@@ -389,18 +408,18 @@ def _labelled_items(input: str, split: str, root: Path, class_list: Optional[os.
     """(items, classes): the split's images, labelled with the class list that `root` recorded for its
     other splits if it has one (a subset of those classes keeps their indices), else with their own."""
     recorded = _recorded_classes(root / '_info.json', split)
-    if input in EMBEDDED:
-        items, classes = _embedded_items(input, split)
-    else:
+    if input not in EMBEDDED:
         files, classes = list_image_folder(Path(input), Path(class_list) if class_list else None)
         items = [(None, label, classes[label], path, str(path.relative_to(input))) for path, label in files]
+    else:
+        items, classes = _embedded_items(input, split)
     if recorded is None or classes == recorded:
         return items, classes
     if class_list is not None or not set(c for _, _, c, _, _ in items) <= set(recorded):
         missing = sorted(set(c for _, _, c, _, _ in items) - set(recorded))
+        problem = f'has class {missing[0]!r} that they lack' if missing else 'was given another class list'
         raise ShardError(f'{root}/_info.json labels its other split(s) with {len(recorded)} classes, and this '
-                         f'split {"has class " + repr(missing[0]) + " that they lack" if missing else "was given another class list"}: '
-                         f'build it from folders of the same classes, or into another --output.')
+                         f'split {problem}: build it from folders of the same classes, or into another --output.')
     index = {c: i for i, c in enumerate(recorded)}
     return [(key, index[c], c, src, fname) for key, _, c, src, fname in items], recorded
 
@@ -450,7 +469,9 @@ class _Inline:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', required=True, help="image folder (one folder per class), or 'fashion-mnist' or 'cifar10' (the embedded data sets; "
+    parser.add_argument('--input', required=True,
+                        help="image folder (one folder per class), or 'fashion-mnist' or 'cifar10' (the embedded data "
+                             "sets; "
                              "CIFAR-10 from CIFAR10_ROOT, data/cifar10 or torchvision's download)")
     parser.add_argument('--split', required=True, choices=SPLITS)
     parser.add_argument('--output', required=True, help='the shard folder (ROOT); _info.json is merged there')
@@ -467,8 +488,9 @@ def main(argv=None) -> int:
                         help='skip (and name) images larger than this many pixels instead of decoding them')
     args = parser.parse_args(argv)
     try:
-        entry = make_shards(args.input, args.split, args.output, args.class_list, args.shard_size, args.max_side,
-                            args.workers, args.name, max_pixels=args.max_image_pixels)
+        spec = ShardSpec(shard_size=args.shard_size, max_side=args.max_side, max_pixels=args.max_image_pixels,
+                         workers=args.workers, name=args.name)
+        entry = make_shards(args.input, args.split, args.output, spec, args.class_list)
     except (UserError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -36,11 +36,10 @@ __all__ = ['Pattention', 'PATTENTION_NORMS', 'PATTENTION_IMPLS', 'pattention', '
 
 PATTENTION_NORMS = ('l2_gelu', 'gelu_l2', 'softmax')
 NORM_EPS = 1e-6
-# 'torch': the formula in PyTorch ops (the reference and the CPU path); 'fused': the Triton kernels of
-# triton_pattention.py (l2_gelu only, CUDA tensors, or CPU tensors under TRITON_INTERPRET=1);
-# 'auto': the torch path everywhere, since on an H200 the fused kernels trained slower than the torch
-# path at every size (docs/gpu.md); it would choose the fused path only on GPU measurements that say so.
-PATTENTION_IMPLS = ('auto', 'fused', 'torch')
+# 'torch' (the default): the formula in PyTorch ops, everywhere; 'triton': the Triton row kernels of
+# triton_pattention.py (l2_gelu only, CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), opt-in,
+# since on an H200 they trained slower than the torch path at every size (docs/gpu.md).
+PATTENTION_IMPLS = ('torch', 'triton')
 
 
 def _accumulation_dtype(a: torch.Tensor) -> Optional[torch.dtype]:
@@ -217,7 +216,7 @@ class Pattention(nn.Module):
         norm: Θ, one of 'l2_gelu' (default, the paper's), 'gelu_l2', 'softmax'.
         tau: the scale τ; √num_tokens when None.
         key_std, value_std: standard deviations of the normal initialisation of K and V.
-        impl: 'auto', 'fused' (Triton kernels, l2_gelu only) or 'torch'; see `PATTENTION_IMPLS`.
+        impl: 'torch' or 'triton' (Triton kernels, l2_gelu only); see `PATTENTION_IMPLS`.
     """
 
     def __init__(
@@ -230,7 +229,7 @@ class Pattention(nn.Module):
             key_std: float = 0.02,
             value_std: float = 0.02,
             eps: float = NORM_EPS,
-            impl: str = 'auto',
+            impl: str = 'torch',
             device=None,
             dtype=None,
     ) -> None:
@@ -266,27 +265,27 @@ class Pattention(nn.Module):
         nn.init.normal_(self.value_tokens, std=self.value_std)
 
     def extra_repr(self) -> str:
-        impl = '' if self.impl == 'auto' else f', impl={self.impl}'
+        impl = '' if self.impl == 'torch' else f', impl={self.impl}'
         return (f'in_features={self.in_features}, out_features={self.out_features}, '
                 f'num_tokens={self.num_tokens}, norm={self.norm}{impl}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self._forward_reference(x)
-        if self.impl == 'fused':
-            return self._forward_fused(x)
-        return self._forward_fast(x)
+        if self.impl == 'triton':
+            return self._forward_triton(x)
+        return self._forward_torch(x)
 
     def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         # Pattention(X) = Θ(X · Kᵀ) · V, as written in the paper
         return theta(x @ self.key_tokens.t(), self.norm, self.tau, self.eps) @ self.value_tokens
 
     @torch.jit.unused
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         from .triton_pattention import l2_gelu_pattention
         if x.device.type != 'cuda' and not interpreting():
-            raise RuntimeError(f"Pattention impl='fused' runs on CUDA tensors, got a {x.device.type} tensor: use "
-                               f"impl='auto' or 'torch' there (or TRITON_INTERPRET=1 to test the kernels on the CPU).")
+            raise RuntimeError(f"Pattention impl='triton' runs on CUDA tensors, got a {x.device.type} tensor: use "
+                               f"impl='torch' there (or TRITON_INTERPRET=1 to test the kernels on the CPU).")
         key, value = self.key_tokens, self.value_tokens
         dtype = _autocast_dtype(x, key)
         if dtype is not None:
@@ -297,7 +296,7 @@ class Pattention(nn.Module):
         return y.reshape(*lead, y.shape[-1])
 
     @torch.jit.unused
-    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         y = pattention(x.reshape(-1, x.shape[-1]), self.key_tokens, self.value_tokens, self.tau, self.norm, self.eps)
         return y.view(*x.shape[:-1], y.shape[-1])
 
@@ -305,18 +304,18 @@ class Pattention(nn.Module):
 def _check_impl(impl: str, norm: str) -> None:
     if impl not in PATTENTION_IMPLS:
         raise ValueError(f"Unknown Pattention impl {impl!r}: use one of {', '.join(PATTENTION_IMPLS)}.")
-    if impl == 'fused':
+    if impl == 'triton':
         if norm != 'l2_gelu':
-            raise ValueError(f"impl='fused' has kernels for norm='l2_gelu' only, not {norm!r}: use impl='torch'.")
+            raise ValueError(f"impl='triton' has kernels for norm='l2_gelu' only, not {norm!r}: use impl='torch'.")
         try:
             import triton  # noqa: F401
         except ImportError:
-            raise ValueError("impl='fused' needs Triton, which is not installed: use impl='torch', or install "
+            raise ValueError("impl='triton' needs Triton, which is not installed: use impl='torch', or install "
                              "torch with CUDA (it brings Triton).") from None
 
 
 def set_pattention_impl(model: nn.Module, impl: str) -> nn.Module:
-    """Choose the implementation of every Pattention in `model` ('auto', 'fused' or 'torch'), in place.
+    """Choose the implementation of every Pattention in `model` ('torch' or 'triton'), in place.
 
     For models built or loaded elsewhere; `timm.create_model(..., pattention_impl=...)` sets it at
     creation. The choice changes speed only, not the function or the state dict.

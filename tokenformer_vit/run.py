@@ -17,10 +17,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import torch
 
 from .checkpoint import read_checkpoint
-from .engine import LRSchedule, build_loss, build_optimizer, evaluate, train_one_epoch
+from .distributed import Process
+from .engine import LRSchedule, StepParts, build_loss, build_optimizer, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, GrowthError
 from .growth import GrowthPlan, TauRamp, grow_training_state
-from .pattention import Pattention, set_pattention_impl
+from .pattention import set_pattention_impl
 from .tokenformer_vit import token_counts
 
 __all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'build_run', 'check_resume', 'check_epochs',
@@ -79,11 +80,7 @@ def create_model(config: RunConfig, num_classes: int, attn_tokens: Optional[int]
         model = timm.create_model(config.model, num_classes=num_classes, drop_path_rate=config.drop_path, **kwargs)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f'cannot create --model {config.model} with {kwargs}: {e}') from None
-    if config.pattention_impl != 'auto':
-        # speed only: not a model argument, so checkpoints and the validate command stay portable
-        if not any(isinstance(m, Pattention) for m in model.modules()):
-            raise ConfigError(f'--pattention-impl {config.pattention_impl} is for Tokenformer models; '
-                              f'--model {config.model} has no Pattention layers: leave it at auto.')
+    if config.pattention_impl != 'torch':  # speed only, not a model argument: checkpoints stay portable
         set_pattention_impl(model, config.pattention_impl)
     return model
 
@@ -102,9 +99,10 @@ def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], source:
 
 def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = None, source: str = 'checkpoint',
                 grow_initial: bool = True) -> Tuple[torch.nn.Module, List[Dict]]:
-    """(model, growth history): resumed from `resume`, grown from the config's initial checkpoint
-    (unless `grow_initial` is False: evaluating it as it is), or new, initialised from the seed (the
-    same on every rank)."""
+    """(model, growth history), the model built once, at the size of the weights it gets: resumed
+    from `resume`, grown from the config's initial checkpoint to the config's token counts (unless
+    `grow_initial` is False: evaluating it as it is), or new, initialised from the seed (the same on
+    every rank)."""
     torch.manual_seed(config.seed)
     if resume is not None:
         try:
@@ -114,22 +112,19 @@ def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = No
         model = create_model(config, num_classes, *sizes)
         load_weights(model, resume['state_dict'], source, config)
         return model, list(resume.get('growth_history') or [])
-    model, history = create_model(config, num_classes), []
-    if config.initial_checkpoint:
-        init = read_checkpoint(config.initial_checkpoint)
-        state = init.get('state_dict', init)
-        attn, ffn = token_counts(state, config.initial_checkpoint)
-        target = (model.attn_tokens, model.ffn_tokens)
-        model = create_model(config, num_classes, attn, ffn)
-        load_weights(model, state, str(config.initial_checkpoint), config)
-        if (attn, ffn) != target and grow_initial:
-            plan = config.growth
-            record = grow_training_state(model, *target, plan.mode, seed=config.seed, ramp_epochs=plan.ramp_epochs)
-            history.append(dict(record, epoch=0, source=str(config.initial_checkpoint)))
-    if (config.growth or config.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
-        raise ConfigError(f'--grow and --initial-checkpoint need a Tokenformer-ViT; {config.model} has no '
-                          f'parameter tokens.')
-    return model, history
+    if not config.initial_checkpoint:
+        return create_model(config, num_classes), []
+    init = read_checkpoint(config.initial_checkpoint)
+    state = init.get('state_dict', init)
+    sizes = token_counts(state, config.initial_checkpoint)
+    model = create_model(config, num_classes, *sizes)
+    load_weights(model, state, str(config.initial_checkpoint), config)
+    target = start_tokens(config.model, config.model_kwargs)  # config.py has checked it is a Tokenformer-ViT
+    if target == sizes or not grow_initial:
+        return model, []
+    plan = config.growth
+    record = grow_training_state(model, *target, plan.mode, seed=config.seed, ramp_epochs=plan.ramp_epochs)
+    return model, [dict(record, epoch=0, source=str(config.initial_checkpoint))]
 
 
 def start_tokens(model: Optional[str], model_kwargs) -> Optional[Tuple[int, int]]:
@@ -260,9 +255,7 @@ class Run:
                     scheduler=self.scheduler.state_dict(), epoch=epoch_done, epoch_in_progress=epoch_in_progress,
                     step=self.step, global_batch=self.global_batch, metric=self.best, version=2,
                     args=self.config.flags, identity=self.identity, unevaluated=self.unevaluated,
-                    updates_per_epoch=self.updates_per_epoch, growth_history=self.growth_history, log=self.log,
-                    model_kwargs=dict(attn_tokens=getattr(model, 'attn_tokens', None),
-                                      ffn_tokens=getattr(model, 'ffn_tokens', None)))
+                    growth_history=self.growth_history, log=self.log)
 
     def load(self, resume: Dict) -> None:
         """Continue from a checkpoint's optimizer, scaler, schedule, step, best metric and log (its
@@ -280,12 +273,14 @@ class Run:
 
 
 def build_run(config: RunConfig, model: torch.nn.Module, num_classes: int, updates_per_epoch: int, *,
-              device: torch.device = torch.device('cpu'), amp: str = 'none', growth_history: Iterable[Dict] = (),
-              rank: int = 0, world: int = 1, resume: Optional[Dict] = None, source: str = 'checkpoint') -> Run:
-    """A Run of `model`: EMA, optimizer, schedule (ending at the config's epochs, restarted at growths
-    under the 'restart' policy), loss, random erasing and mixup; continued from `resume` if given.
-    The input is normalised with the model's mean and std (its pretrained_cfg)."""
+              process: Process = Process(), growth_history: Iterable[Dict] = (), resume: Optional[Dict] = None,
+              source: str = 'checkpoint') -> Run:
+    """A Run of `model` in `process` (rank, device, precision): EMA, optimizer, schedule (ending at the
+    config's epochs, restarted at growths under the 'restart' policy), loss, random erasing and mixup;
+    continued from `resume` if given. The input is normalised with the model's mean and std (its
+    pretrained_cfg)."""
     from .transforms import build_erasing, build_mixup
+    device, amp, world = process.device, process.amp, process.world
     model.to(device=device, memory_format=torch.channels_last)
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     ema = None
@@ -306,7 +301,7 @@ def build_run(config: RunConfig, model: torch.nn.Module, num_classes: int, updat
               erasing=build_erasing(config.reprob, device),
               scaler=torch.amp.GradScaler('cuda') if amp == 'fp16' else None,
               amp_dtype={'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp],
-              rank=rank, world=world, growth_history=list(growth_history))
+              rank=process.rank, world=world, growth_history=list(growth_history))
     if resume is not None:
         run.load(resume)
     return run
@@ -348,12 +343,11 @@ def train_epoch(run: Run, batches: Iterable, should_stop: Callable[[], bool] = l
                 on_step: Callable = lambda *a: None) -> Dict:
     """engine.train_one_epoch with the run's parts, from the run's step; advances `run.step`. The
     learning rate and a 'ramp' growth's τ are stepped after every optimizer step."""
-    result = train_one_epoch(run.train_model, batches, run.optimizer, (run.scheduler, run.tau_ramp), run.loss_fn,
-                             device=run.device, mean=run.mean, std=run.std, step=run.step, seed=run.config.seed,
-                             rank=run.rank, amp_dtype=run.amp_dtype, scaler=run.scaler, erasing=run.erasing,
-                             mixup=run.mixup, ema=run.ema,
-                             clip_grad=run.config.clip_grad, raw_model=run.model, should_stop=should_stop,
-                             on_step=on_step, mark_cuda_graph_steps=run.cuda_graphs)
+    parts = StepParts(run.optimizer, (run.scheduler, run.tau_ramp), run.loss_fn, run.device, run.mean, run.std,
+                      seed=run.config.seed, rank=run.rank, amp_dtype=run.amp_dtype, scaler=run.scaler,
+                      erasing=run.erasing, mixup=run.mixup, ema=run.ema, raw_model=run.model,
+                      clip_grad=run.config.clip_grad, cuda_graph_steps=run.cuda_graphs)
+    result = train_one_epoch(run.train_model, batches, parts, run.step, should_stop, on_step)
     run.step = result['step']
     return result
 
@@ -399,11 +393,13 @@ def evaluate_checked(model: torch.nn.Module, loader: Iterable, **kw) -> Dict[str
 
 
 def evaluate_run(run: Run, loader: Iterable) -> Dict[str, float]:
-    """The model's (and the EMA's) loss, top-1 and top-5 on `loader`, as summary.csv columns."""
+    """The model's (and the EMA's) loss, top-1 and top-5 on `loader`, as summary.csv columns
+    (eval_loss, eval_top1, ..., eval_ema_top5): the one evaluation of the job, in training and with
+    --eval-only; every sample of a shard loader is evaluated (`evaluate_checked`)."""
     kw = dict(device=run.device, mean=run.mean, std=run.std, amp_dtype=run.amp_dtype, distributed=run.world > 1)
-    ev = evaluate_checked(run.eval_model, loader, **kw)
-    row = dict(eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'])
-    if run.ema is not None:
-        ev = evaluate_checked(run.eval_ema, loader, **kw)
-        row.update(eval_ema_loss=ev['loss'], eval_ema_top1=ev['top1'], eval_ema_top5=ev['top5'])
+    row = {}
+    for prefix, model in (('eval', run.eval_model), ('eval_ema', run.eval_ema)):
+        if model is not None:
+            ev = evaluate_checked(model, loader, **kw)
+            row.update({f'{prefix}_{k}': ev[k] for k in ('loss', 'top1', 'top5')})
     return row

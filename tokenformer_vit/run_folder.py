@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Dict, List
 
@@ -28,6 +29,10 @@ class RunFolder:
 
     LOCK = '.lock'
     MANIFEST = '.tokenformer-run.json'
+    # the folders whose lock this process holds: a forked child (a loader worker) closes its copies
+    # (`_close_held_in_child`, the one fork hook), so that a killed job's lock goes with the job, not
+    # with workers that outlive it for a few seconds
+    held = weakref.WeakSet()
 
     def __init__(self, out: Path):
         self.out, self.lock, self.made, self.owned = out, None, [], set()
@@ -66,9 +71,7 @@ class RunFolder:
         f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
         f.flush()
         self.lock = f
-        # a forked child (a loader worker) shares the lock: it closes its copy, so that a killed
-        # job's lock goes with the job, not with workers that outlive it for a few seconds
-        os.register_at_fork(after_in_child=self._close_in_child)
+        RunFolder.held.add(self)
         try:
             self._record([self.LOCK])  # ours: it was checked above, made or locked by this claim
         except OSError as e:
@@ -104,7 +107,8 @@ class RunFolder:
         foreign = [n for n in new if (self.out / n).exists() or self.tmp(n).exists()]
         if foreign:
             raise ConfigError(f'--output {self.out} holds {", ".join(foreign[:3])}, which this job did not write and '
-                              f'would replace: choose another --output, or move {"it" if len(foreign) == 1 else "them"} '
+                              'would replace: choose another --output, or move '
+                              f'{"it" if len(foreign) == 1 else "them"} '
                               f'away.')
         self._record(new)
 
@@ -119,13 +123,14 @@ class RunFolder:
         with atomic_file(path, 'w', tmp=self.tmp(self.MANIFEST)) as f:
             json.dump(dict(files=sorted(self.owned), written_by='tokenformer_vit train_imagenet.py'), f, indent=1)
 
-    def _close_in_child(self) -> None:
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
+    @classmethod
+    def _close_held_in_child(cls) -> None:
+        for folder in list(cls.held):
+            folder.close()
 
     def close(self) -> None:
         """Let go of the lock (the job is over, in this process), keeping every file."""
+        RunFolder.held.discard(self)
         if self.lock is not None:
             self.lock.close()
             self.lock = None
@@ -140,6 +145,9 @@ class RunFolder:
                 break
         self.made = []
         self.close()
+
+
+os.register_at_fork(after_in_child=RunFolder._close_held_in_child)
 
 
 # what a run writes in its folder (besides checkpoint-EPOCH.pth.tar, and tb/ with --tensorboard)
@@ -164,7 +172,8 @@ def prepare_output(folder: RunFolder, names, overwrite: bool) -> None:
         with tempfile.TemporaryFile(dir=out):  # a new name: never another file
             pass
     except OSError as e:
-        raise ConfigError(f'cannot write to --output {out} ({e.strerror}): choose a writable folder with free space.') from None
+        raise ConfigError(f'cannot write to --output {out} ({e.strerror}): choose a writable folder with free '
+                          f'space.') from None
     folder.declare(names)
     for name in sorted(folder.owned):  # temporaries of saves killed half-way
         folder.tmp(name).unlink(missing_ok=True)
@@ -173,7 +182,8 @@ def prepare_output(folder: RunFolder, names, overwrite: bool) -> None:
     if results and not (out / 'last.pth.tar').exists():
         if not overwrite:
             raise ConfigError(f'--output {out} holds results of an earlier run ({", ".join(results)}) but no '
-                              f'last.pth.tar to resume from: choose a new --output, or pass --overwrite to replace them.')
+                              'last.pth.tar to resume from: choose a new --output, or pass --overwrite to replace '
+                              'them.')
         for name in results:
             (out / name).unlink()
 

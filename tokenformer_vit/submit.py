@@ -2,8 +2,9 @@
 `debug` (in this process). One task per GPU (or per process on a CPU machine); each task sets up
 torch.distributed from submitit's environment. On preemption or timeout (SIGUSR2) every rank stops at
 the same step boundary, rank 0 saves `last.pth.tar`, then submitit requeues the job, and the requeued
-job resumes from it (train.py's Preemption does the ordering). The command (cli.py) calls
-`submit`; the job never imports this module.
+job resumes from it (distributed.Preemption does the ordering). The command (cli.py) calls
+`submit` with the checked flags; each task turns them into the job's values (config.job_config) and
+runs the job (train.main), which never imports this module.
 
     python train_imagenet.py --config configs/tokenformer_vit_base.yaml --data-dir /data/imagenet-wds \\
         --output runs/base --submit --cluster slurm --nodes 4 --gpus-per-node 8 --partition learnlab
@@ -25,11 +26,12 @@ class Trainer:
 
     def __call__(self) -> int:
         import submitit
+        from .config import job_config
         from .train import main
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return main(self.args)  # after a preemption rank 0 does not return: submitit requeues and exits
+        return main(job_config(self.args))  # after a preemption rank 0 does not return: submitit requeues and exits
 
     def checkpoint(self):
         """Called by submitit on rank 0 after train.py has saved: requeue the same run, which resumes."""

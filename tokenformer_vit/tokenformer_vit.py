@@ -30,7 +30,8 @@ from timm.layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, clean_state_dict, generate_default_cfgs, register_model
+from timm.models import (build_model_with_cfg, checkpoint, checkpoint_seq, clean_state_dict, generate_default_cfgs,
+                         register_model)
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._input import update_model_args, update_model_input_size
@@ -56,7 +57,7 @@ class TokenformerAttention(nn.Module):
             pattention_norm: str = 'l2_gelu',
             attn_drop: float = 0.,
             proj_drop: float = 0.,
-            pattention_impl: str = 'auto',
+            pattention_impl: str = 'torch',
             device=None,
             dtype=None,
     ) -> None:
@@ -75,7 +76,7 @@ class TokenformerAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
-        if torch.jit.is_scripting() or 'fused' in (self.q.impl, self.k.impl, self.v.impl):
+        if torch.jit.is_scripting() or 'triton' in (self.q.impl, self.k.impl, self.v.impl):
             q = self.q(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
             k = self.k(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
             v = self.v(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
@@ -108,7 +109,7 @@ class TokenformerBlock(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
-            pattention_impl: str = 'auto',
+            pattention_impl: str = 'torch',
             device=None,
             dtype=None,
     ) -> None:
@@ -152,7 +153,7 @@ class TokenformerViT(nn.Module):
             attn_tokens: int = 768,
             ffn_tokens: int = 3072,
             pattention_norm: str = 'l2_gelu',
-            pattention_impl: str = 'auto',
+            pattention_impl: str = 'torch',
             class_token: bool = True,
             fc_norm: Optional[bool] = None,
             dynamic_img_size: bool = False,
@@ -179,7 +180,7 @@ class TokenformerViT(nn.Module):
             attn_tokens: Parameter tokens of each of the Q, K, V and output Pattentions.
             ffn_tokens: Parameter tokens of the FFN Pattention.
             pattention_norm: Θ of every Pattention: 'l2_gelu' (the paper's), 'gelu_l2' or 'softmax'.
-            pattention_impl: 'auto', 'fused' (Triton kernels; l2_gelu on CUDA) or 'torch'; speed only.
+            pattention_impl: 'torch' or 'triton' (Triton kernels; l2_gelu on CUDA); speed only.
             class_token: Use class token.
             fc_norm: Move final norm after pool (instead of before), if None, enabled when global_pool == 'avg'.
             dynamic_img_size: Accept any input size, resampling the position embedding on the fly.

@@ -1,6 +1,6 @@
 """Grow a Tokenformer-ViT checkpoint to larger token counts.
 
-    python -m tokenformer_vit.grow --checkpoint IN --attn-tokens N --ffn-tokens M \\
+    python -m tokenformer_vit.grow_checkpoint --checkpoint IN --attn-tokens N --ffn-tokens M \\
         [--mode preserve|paper] --output OUT [--overwrite] [--hf-dir DIR] [--model ARCH] [--seed S]
 
 IN is a timm-format checkpoint (`state_dict`, `state_dict_ema`, `optimizer`, `arch`, ..., ours or
