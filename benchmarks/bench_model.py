@@ -14,7 +14,7 @@ same ViT in the same interleaved loop.
     python benchmarks/bench_model.py --pairs all --compile  # every size, eager and compiled
     python benchmarks/bench_model.py --device cuda --amp bf16 --batch 256 --train-batch 128 --json out.json
     python benchmarks/bench_model.py --device cuda --pairs tiny base_pm --impls torch triton --compile
-    python benchmarks/bench_model.py --device cuda --pairs tiny --compile --only-compiled \
+    python benchmarks/bench_model.py --device cuda --pairs tiny --compile --only-compiled \\
         --inductor-mode reduce-overhead
 """
 import argparse

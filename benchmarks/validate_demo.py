@@ -8,7 +8,7 @@ compares both with the job's own last evaluation in RUN/summary.csv. validate.py
 repository, not in its wheel: pass a clone.
 
     git clone https://github.com/huggingface/pytorch-image-models timm-src
-    python benchmarks/validate_demo.py --timm-src timm-src [--run runs/demo] \
+    python benchmarks/validate_demo.py --timm-src timm-src [--run runs/demo] \\
         [--json benchmarks/results/demo_validate.json]
 """
 import argparse
