@@ -258,9 +258,9 @@ def test_resume_with_another_batch_size_or_process_count_is_refused(shards, tmp_
     train('--data-dir', shards, '--output', out, '--epochs', 1)
     before = (out / 'last.pth.tar').read_bytes()
     code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 2, '--batch-size', 4], capsys)
-    assert code == 2 and 'was started with --batch-size 8, not --batch-size 4' in one_sentence(err)
+    assert code == 2 and 'was trained with a global batch of 8, not 4' in one_sentence(err)
     assert (out / 'last.pth.tar').read_bytes() == before and (out / 'summary.csv').read_text().count('\n') == 2
-    # the same flags on two processes: another global batch, refused by the run's own check
+    # the same flags on two processes: another global batch too
     resume = read_checkpoint(out / 'last.pth.tar')
     config = job_config(job_args(**{k: v for k, v in resume['args'].items() if k != 'config'})).run
     with pytest.raises(ConfigError, match='was trained with a global batch of 8, not 16'):

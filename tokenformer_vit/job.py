@@ -65,9 +65,9 @@ def setup(config: JobConfig) -> Job:
         on_rank_zero(rank, world, lambda: prepare_output(job.folder, names, config.overwrite))
         if job.resume_path.is_file():
             job.resume = read_checkpoint(job.resume_path)
-            check_flags(job.resume, config.flags, job.resume_path, eval_only=config.eval_only)
-            if not config.eval_only:  # evaluation needs only the model it was trained as
+            if not config.eval_only:  # first: it names the global batch and the token counts held now
                 check_resume(config.run, job.resume, world, job.resume_path)
+            check_flags(job.resume, config.flags, job.resume_path, eval_only=config.eval_only)
         elif config.eval_only and not config.run.initial_checkpoint:
             raise ConfigError(f'--eval-only has nothing to evaluate: {job.resume_path} does not exist and no '
                               f'--initial-checkpoint was given.')
