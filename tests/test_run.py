@@ -100,3 +100,20 @@ def test_the_growth_plan_says_what_grows_when_and_refuses_what_would_shrink():
     with pytest.raises(GrowthError, match='never shrink'):
         GrowthPlan.parse('1:64:256,2:32:256')
     assert not GrowthPlan.parse(None) and not GrowthPlan.parse('')
+
+
+def test_a_run_started_from_a_smaller_checkpoint_builds_its_model_once_and_grows_it(tmp_path, monkeypatch):
+    import timm
+    kwargs = dict(depth=1, embed_dim=32, num_heads=2, patch_size=8)
+    small = timm.create_model('tokenformer_vit_tiny', attn_tokens=8, ffn_tokens=16, img_size=16, num_classes=4,
+                              **kwargs)
+    torch.save({'state_dict': small.state_dict()}, tmp_path / 'small.pth.tar')
+    config = study_config(model='tokenformer_vit_tiny', model_kwargs=dict(kwargs, attn_tokens=12, ffn_tokens=24),
+                          img_size=16, initial_checkpoint=str(tmp_path / 'small.pth.tar'), grow_mode='preserve')
+    built, create = [], timm.create_model
+    monkeypatch.setattr(timm, 'create_model', lambda *a, **k: built.append(k.get('device')) or create(*a, **k))
+    model, history = build_model(config, 4)
+    assert [device for device in built if device != 'meta'] == [None]  # the target's sizes come from the meta device
+    assert (model.attn_tokens, model.ffn_tokens) == (12, 24) and history[0]['attn_tokens'] == [8, 12]
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model.eval()(x), small.eval()(x), rtol=1e-5, atol=1e-5)  # preserve: the same function
