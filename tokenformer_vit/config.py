@@ -516,7 +516,7 @@ class JobConfig:
     tensorboard: bool
     progress: bool
     shards_from: Optional[str]  # an embedded data set to build --data-dir from, if it has no _info.json
-    shards: ShardSpec  # how those shards are written
+    shards: Optional[ShardSpec]  # how those shards are written (with --shards-from)
 
     @property
     def flags(self) -> Dict[str, Any]:
@@ -527,7 +527,7 @@ class JobConfig:
 def job_config(args: argparse.Namespace) -> JobConfig:
     """The job's frozen values from its checked flags (`parse_args`)."""
     shards = ShardSpec(shard_size=2500, workers=max(1, os.cpu_count() or 1), max_pixels=args.max_image_pixels,
-                       name=(args.shards_from or '').replace('-', '_') or None, progress=True)
+                       name=args.shards_from.replace('-', '_')) if args.shards_from else None
     return JobConfig(run=run_config(args), data=data_config(args), output=Path(args.output),
                      train_split=args.train_split, val_split=args.val_split, num_classes=args.num_classes,
                      crop_pct=args.crop_pct, device=args.device, amp=args.amp, eval_only=args.eval_only,

@@ -248,8 +248,7 @@ class ShardStream(IterableDataset):
                      else 'a run cannot change its training shards: put the old ones back to resume, or start a '
                           'new --output')
             raise DataError(f'split {self.split!r} of {self.root} was rebuilt while this job ran '
-                            f'({len(self.filenames)} '
-                            f'shards when it started, now {len(now)} others): {after}.')
+                            f'({len(self.filenames)} shards when it started, now {len(now)} others): {after}.')
 
     def check_evaluated(self, images: int) -> None:
         """An evaluation covered every sample the split declares; zero or fewer is an error, not a figure."""

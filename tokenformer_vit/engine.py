@@ -58,8 +58,8 @@ class LRSchedule:
     `restart` (the job's default): at each growth (`grown(step)`, called by
     growth.grow_training_state) the warmup and the cosine start again, and decay to `min_lr` by the
     next planned growth or the end of the run, as the official code's separate training stages do.
-    The segment ends come from the growth plan,
-    the restarts from the growths that happened: both are in the checkpoint (`state_dict`).
+    The segment ends come from the growth plan, the restarts from the growths that happened: both
+    are in the checkpoint (`state_dict`).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: float,
@@ -138,14 +138,14 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, parts: StepParts,
     seen by this rank and whether it stopped early for a preemption. Each batch is normalised, erased
     and mixed on the device, in timm's order; each of the schedules is stepped after every optimizer
     step. `model` may be wrapped (DDP, torch.compile)."""
-    p = parts
+    p = parts  # fixed for the epoch; the names below are the ones every step uses
     device, optimizer, scaler, clip_grad = p.device, p.optimizer, p.scaler, p.clip_grad
     model.train()
     loss_sum, loss_count, images, stopped = torch.zeros((), device=device), 0, 0, False
     for x, y in batches:
         seed_step(p.seed, p.rank, step)
-        x = normalize_batch(x.to(device, non_blocking=True), p.mean,
-                            p.std).contiguous(memory_format=torch.channels_last)
+        x = normalize_batch(x.to(device, non_blocking=True), p.mean, p.std)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         if p.erasing is not None:  # timm's order: erase the normalised images, then mix them
             x = p.erasing(x)
