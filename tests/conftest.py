@@ -18,13 +18,17 @@ if not torch.cuda.is_available():
 @pytest.fixture(scope='module')
 def shards(tmp_path_factory):
     """48 training and 16 validation images of 4 colour classes, as shards of 8."""
-    root = tmp_path_factory.mktemp('shards')
-    rng = np.random.default_rng(0)
-    for split, per_class in (('train', 12), ('validation', 4)):
-        for c in range(4):
+    return colour_shards(tmp_path_factory.mktemp('shards'), classes=4, per_class=dict(train=12, validation=4))
+
+
+def colour_shards(root, classes, per_class, seed=0):
+    """Shards of 8 (under root/wds) of JPEGs of `classes` colour classes, per_class[split] images each."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for c in range(classes):
             folder = root / 'images' / split / f'class{c}'
             folder.mkdir(parents=True)
-            for i in range(per_class):
+            for i in range(count):
                 a = np.zeros((36, 40, 3), np.uint8)
                 a[..., c % 3] = 60 + 60 * (c // 3) + rng.integers(0, 40, (36, 40), dtype=np.uint8)
                 Image.fromarray(a).save(folder / f'{i}.jpg')

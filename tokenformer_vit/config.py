@@ -38,7 +38,7 @@ SHUFFLE_BUFFER = 2048  # undecoded training samples shuffled in each loader work
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune')
 
 # flags that name files or folders: a leading ~ is the home folder, in YAML as on a shell's command line
-PATH_FLAGS = ('config', 'output', 'data_dir', 'initial_checkpoint', 'job_dir')
+PATH_FLAGS = ('config', 'output', 'data_dir', 'initial_checkpoint', 'pretrained_path', 'job_dir')
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--drop-path', type=float, default=0.1)
     g.add_argument('--initial-checkpoint', default=None,
                    help='start from this (smaller) Tokenformer-ViT checkpoint, grown to the model\'s token counts')
+    g.add_argument('--pretrained-path', default=None,
+                   help='fine-tune from this checkpoint (timm --pretrained-path): a .pth.tar, timm\'s, .safetensors '
+                        'or a grow command\'s --hf-dir folder; its token counts are read from it, its classifier '
+                        'is kept if the class count matches and new if not, its position embedding resampled')
     _add_growth_flags(g)
     g.add_argument('--pattention-impl', default='torch', choices=PATTENTION_IMPLS,
                    help="Pattention's implementation, speed only: 'torch' ops, or Triton row kernels (CUDA, opt-in: "
@@ -138,6 +142,8 @@ def _add_optimization_flags(g) -> None:
     g.add_argument('--warmup-lr', type=float, default=1e-6)
     g.add_argument('--warmup-epochs', type=float, default=20)
     g.add_argument('--weight-decay', type=float, default=0.3)
+    g.add_argument('--layer-decay', type=float, default=None,
+                   help='layer-wise learning-rate decay (timm --layer-decay; MAE fine-tunes ViT-B with 0.65)')
     g.add_argument('--opt-betas', type=float, nargs=2, default=(0.9, 0.95))
     g.add_argument('--clip-grad', type=float, default=None)
     g.add_argument('--ema-decay', type=float, default=0.9999, help='0 disables the EMA')
@@ -168,9 +174,10 @@ def _add_growth_flags(g) -> None:
                    help='growth schedule: "EPOCH:ATTN_TOKENS:FFN_TOKENS[:MODE],..." grows at the start of EPOCH '
                         '(0-based)')
     # the defaults are the recipe that trained best in the CIFAR-10 growth study (docs/growth.md)
-    g.add_argument('--grow-mode', default='paper', choices=GROWTH_MODES,
-                   help='paper (default): new random keys, τ = √n, as the official code; preserve: the grown model '
-                        'computes the same function; ramp: preserve, then τ moves to √n over --tau-ramp-epochs')
+    g.add_argument('--grow-mode', default=None, choices=GROWTH_MODES,
+                   help='paper (the default): new random keys, τ = √n, as the official code; preserve (the default '
+                        'with --pretrained-path): the grown model computes the same function; ramp: preserve, then '
+                        'τ moves to √n over --tau-ramp-epochs')
     g.add_argument('--tau-ramp-epochs', type=float, default=1.0,
                    help="after a 'ramp' growth, the epochs over which τ moves linearly to √(new n)")
     g.add_argument('--grow-schedule', default='restart', choices=GROW_SCHEDULES,
@@ -284,12 +291,12 @@ _RANGES = (('epochs', 1, True), ('batch_size', 1, True), ('lr', 0, False), ('blr
            ('tasks_per_node', 1, True), ('cpus_per_task', 1, True), ('timeout_min', 1, True),
            ('num_classes', 1, True), ('img_size', 1, True), ('max_image_pixels', 1, True), ('crop_pct', 0, False),
            ('clip_grad', 0, False), ('color_jitter', 0, True), ('tau_ramp_epochs', 0, True), ('hflip', 0, True),
-           ('aug_repeats', 1, True))
+           ('aug_repeats', 1, True), ('layer_decay', 0, False))
 
 
 # (flag, the largest value allowed, whether that value itself is allowed): probabilities and rates
 _UPPER = (('smoothing', 1, False), ('reprob', 1, True), ('hflip', 1, True), ('drop_path', 1, False), ('mixup', 1, True),
-          ('cutmix', 1, True), ('crop_pct', 1, True), ('ema_decay', 1, False))
+          ('cutmix', 1, True), ('crop_pct', 1, True), ('ema_decay', 1, False), ('layer_decay', 1, True))
 
 
 def _check_values(args: argparse.Namespace) -> None:
@@ -318,8 +325,10 @@ def _check_values(args: argparse.Namespace) -> None:
     if (plan or args.initial_checkpoint) and not hasattr(model, 'attn_tokens'):
         raise ConfigError(f'--{"grow" if plan else "initial-checkpoint"} needs a Tokenformer-ViT; --model '
                           f'{args.model} has no parameter tokens: pick a tokenformer_vit_* model.')
-    if plan:  # from the flags' token counts: a resumed run checks again from its checkpoint's (run.check_resume)
-        plan.check((model.attn_tokens, model.ffn_tokens), epochs=args.epochs)
+    if plan:  # from the flags' token counts: a resumed run checks again from its checkpoint's (run.check_resume),
+        # a fine-tuning run from those it starts at (run.check_pretrained)
+        if not args.pretrained_path:
+            plan.check((model.attn_tokens, model.ffn_tokens), epochs=args.epochs)
         _check_grow_modes(args, model, plan)
     _check_impl(args, model)
     if args.tensorboard and importlib.util.find_spec('tensorboard') is None:
@@ -335,14 +344,37 @@ def _check_values(args: argparse.Namespace) -> None:
     _check_data_config(args, model)
     if args.initial_checkpoint and not Path(args.initial_checkpoint).is_file():
         raise ConfigError(f'--initial-checkpoint {args.initial_checkpoint} does not exist: pass a checkpoint file.')
+    if args.pretrained_path:
+        _check_pretrained_flags(args)
     if args.compile_mode != 'default' and not args.compile:
         raise ConfigError(f'--compile-mode {args.compile_mode} takes effect only with --compile: add --compile.')
     _check_effective(args, plan)
 
 
+def _check_pretrained_flags(args: argparse.Namespace) -> None:
+    """--pretrained-path starts a fine-tuning run from a checkpoint that exists (what it holds is
+    checked against the model before work starts: run.check_pretrained)."""
+    if args.initial_checkpoint:
+        raise ConfigError(f'--pretrained-path and --initial-checkpoint both name a checkpoint to start from: pass '
+                          f'--pretrained-path {args.pretrained_path} alone to fine-tune it, or --initial-checkpoint '
+                          f'alone to go on training the same model.')
+    if args.eval_only:
+        raise ConfigError(f'--eval-only evaluates a checkpoint as it is, and --pretrained-path starts a fine-tuning '
+                          f'run: pass --initial-checkpoint {args.pretrained_path} to evaluate it.')
+    path = Path(args.pretrained_path)
+    if not path.exists():
+        raise ConfigError(f'--pretrained-path {path} does not exist: pass a checkpoint file, or a folder the grow '
+                          f'command wrote with --hf-dir.')
+
+
+def grow_mode(args: argparse.Namespace) -> str:
+    """--grow-mode as given, or its default: preserve when fine-tuning (--pretrained-path), else paper."""
+    return args.grow_mode or ('preserve' if args.pretrained_path else 'paper')
+
+
 def _growth_plan(args: argparse.Namespace) -> GrowthPlan:
     """The run's growth plan from --grow and the flags that qualify it (a bad entry: one sentence)."""
-    return GrowthPlan.parse(args.grow, args.grow_mode, args.grow_schedule, args.tau_ramp_epochs)
+    return GrowthPlan.parse(args.grow, grow_mode(args), args.grow_schedule, args.tau_ramp_epochs)
 
 
 def _check_impl(args: argparse.Namespace, model: torch.nn.Module) -> None:
@@ -382,9 +414,9 @@ def _check_effective(args: argparse.Namespace, plan: GrowthPlan) -> None:
     if not plan and args.grow_schedule != defaults.grow_schedule:
         raise ConfigError(f'--grow-schedule {args.grow_schedule} takes effect only with --grow: add a --grow, or leave '
                           f'it out.')
-    if not plan and not args.initial_checkpoint and args.grow_mode != defaults.grow_mode:
-        raise ConfigError(f'--grow-mode {args.grow_mode} takes effect only with --grow or --initial-checkpoint: add '
-                          f'one, or leave it out.')
+    if not plan and not args.initial_checkpoint and not args.pretrained_path and args.grow_mode is not None:
+        raise ConfigError(f'--grow-mode {args.grow_mode} takes effect only with --grow, --initial-checkpoint or '
+                          f'--pretrained-path: add one, or leave it out.')
     ramps = args.grow_mode == 'ramp' or any(e.mode == 'ramp' for e in plan.events)
     if args.tau_ramp_epochs != defaults.tau_ramp_epochs and not ramps:
         raise ConfigError(f'--tau-ramp-epochs {args.tau_ramp_epochs} takes effect only with ramp growth: add '
@@ -491,7 +523,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     records them as run, --grow as its plan's string, in config.yaml and every checkpoint."""
     plan = _growth_plan(args)
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if f.name not in ('growth', 'flags')}
-    return RunConfig(**values, growth=plan, flags=plain(dict(vars(args), grow=str(plan))))
+    return RunConfig(**values, growth=plan, flags=plain(dict(vars(args), grow=str(plan), grow_mode=plan.mode)))
 
 
 @dataclass(frozen=True)

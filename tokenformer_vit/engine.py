@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from .errors import DivergedError
 from .transforms import normalize_batch
 
-__all__ = ['seed_step', 'build_optimizer', 'build_loss', 'LRSchedule', 'StepParts', 'train_one_epoch', 'evaluate']
+__all__ = ['seed_step', 'build_optimizer', 'schedule_lr', 'build_loss', 'LRSchedule', 'StepParts', 'train_one_epoch',
+           'evaluate']
 
 
 def seed_step(seed: int, rank: int, step: int) -> None:
@@ -33,13 +34,24 @@ def seed_step(seed: int, rank: int, step: int) -> None:
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
-                    device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+                    device: Optional[torch.device] = None,
+                    layer_decay: Optional[float] = None) -> torch.optim.Optimizer:
     """timm's AdamW: no weight decay on biases, norms and the embeddings (1-D parameters and the
     model's `no_weight_decay`); the parameter tokens decay, as in the paper (τ is a buffer, not a
-    parameter: nothing trains it). Fused kernels on CUDA."""
+    parameter: nothing trains it). With `layer_decay`, timm's param_groups_layer_decay: one group per
+    block of the model's `group_matcher` (the embeddings first, the head last), each learning rate
+    scaled by layer_decay^(depth + 1 - layer), with the same weight-decay exclusions. Fused kernels on
+    CUDA."""
     from timm.optim import create_optimizer_v2
     extra = dict(fused=True) if device is not None and device.type == 'cuda' else {}
-    return create_optimizer_v2(model, 'adamw', lr=lr, weight_decay=weight_decay, betas=tuple(betas), **extra)
+    return create_optimizer_v2(model, 'adamw', lr=lr, weight_decay=weight_decay, betas=tuple(betas),
+                               layer_decay=layer_decay, **extra)
+
+
+def schedule_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate the schedule sets now: a group's, undone of its layer-decay scale (timm's `lr_scale`)."""
+    group = optimizer.param_groups[0]
+    return group['lr'] / group.get('lr_scale', 1.0)
 
 
 def build_loss(mixup_active: bool, smoothing: float) -> torch.nn.Module:
@@ -176,7 +188,7 @@ def train_one_epoch(model: torch.nn.Module, batches: Iterable, parts: StepParts,
         loss_sum += loss.detach().float()
         loss_count += 1
         images += len(y)
-        on_step(step, loss.detach(), optimizer.param_groups[0]['lr'], len(y))
+        on_step(step, loss.detach(), schedule_lr(optimizer), len(y))
         if should_stop():
             stopped = True
             break

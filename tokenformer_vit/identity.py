@@ -66,9 +66,10 @@ def check_flags(resume: Dict, flags: Dict, path: Path, eval_only: bool = False) 
         raise ConfigError(f'{path} records no settings, so a resume could not tell whether they changed: move it '
                           f'out of --output, or start from it with --initial-checkpoint.')
     changed = changed_settings(saved, flags, MODEL_IDENTITY if eval_only else None)
+    changed.sort(key=lambda c: c[0] == 'grow_mode')  # its default follows --pretrained-path: name that first
     if changed:
         key, before, now = changed[0]
-        more = (f' (and {", ".join(flag_text(k, v).split(" ")[0] for k, v, _ in changed[1:])})'
+        more = (f' (and {", ".join("--" + k.replace("_", "-") for k, _, _ in changed[1:])})'
                 if len(changed) > 1 else '')
         raise ConfigError(f'{path} was started with {flag_text(key, before)}, not {flag_text(key, now)}{more}: '
                           f'resume with the settings it was started with (config.yaml in --output lists them), or '

@@ -18,9 +18,11 @@ from .checkpoint import read_checkpoint, validate_command
 from .config import JobConfig, plain
 from .data import build_loader, read_info
 from .distributed import Preemption, Process, leave, on_rank_zero, setup_distributed
+from .engine import schedule_lr
 from .errors import CheckpointError, ConfigError, DataError, UserError
 from .identity import check_flags, check_resolved, resolved_identity
-from .run import Run, build_run, check_resume, evaluate_run
+from .pretrained import read_pretrained
+from .run import Run, build_run, check_pretrained, check_resume, evaluate_run
 from .run_folder import RunFolder, prepare_output, run_names, write_logs
 from .triton_env import interpreting
 
@@ -43,6 +45,7 @@ class Job:
     num_classes: int = 0
     info: Dict = field(default_factory=dict)
     resume: Optional[Dict] = None
+    pretrained: Optional[Dict] = None  # --pretrained-path's weights, read and checked at the start (not on a resume)
     identity: Dict = field(default_factory=dict)  # what the job resolved at its start besides the flags (identity.py)
     train_stream: Optional[object] = None  # the training loader's ShardStream: where a save inside an epoch stands
 
@@ -68,6 +71,9 @@ def setup(config: JobConfig) -> Job:
             if not config.eval_only:  # first: it names the global batch and the token counts held now
                 check_resume(config.run, job.resume, world, job.resume_path)
             check_flags(job.resume, config.flags, job.resume_path, eval_only=config.eval_only)
+        elif config.run.pretrained_path:
+            job.pretrained = read_pretrained(config.run.pretrained_path)
+            check_pretrained(config.run, job.pretrained, config.run.pretrained_path)
         elif config.eval_only and not config.run.initial_checkpoint:
             raise ConfigError(f'--eval-only has nothing to evaluate: {job.resume_path} does not exist and no '
                               f'--initial-checkpoint was given.')
@@ -255,7 +261,7 @@ class StepHook:
 
 def log_epoch(job: Job, run: Run, epoch: int, train_loss: float, row: Dict, img_s: float, eta: float, tb) -> None:
     """Append the epoch to the run's log; rank 0 writes summary.csv, curves.png, TensorBoard, a line."""
-    row = dict(epoch=epoch, step=run.step, train_loss=train_loss, **row, lr=run.optimizer.param_groups[0]['lr'],
+    row = dict(epoch=epoch, step=run.step, train_loss=train_loss, **row, lr=schedule_lr(run.optimizer),
                img_s=img_s, attn_tokens=getattr(run.model, 'attn_tokens', ''),
                ffn_tokens=getattr(run.model, 'ffn_tokens', ''))
     run.log['epochs'].append(row)

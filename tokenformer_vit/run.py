@@ -20,11 +20,13 @@ from .checkpoint import read_checkpoint
 from .distributed import Process
 from .engine import LRSchedule, StepParts, build_loss, build_optimizer, evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, GrowthError
-from .growth import GrowthPlan, TauRamp, grow_training_state
-from .pattention import set_pattention_impl
+from .growth import GrowthPlan, TauRamp, check_exact, grow_training_state
+from .pattention import Pattention, set_pattention_impl
+from .pretrained import load_pretrained, read_pretrained
 from .tokenformer_vit import token_counts
 
-__all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'build_run', 'check_resume', 'check_epochs',
+__all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'check_pretrained', 'build_run', 'check_resume',
+           'check_epochs',
            'start_tokens', 'grow_at_epoch', 'train_epoch', 'train_epochs', 'evaluate_checked', 'evaluate_run']
 
 
@@ -41,10 +43,12 @@ class RunConfig:
     drop_path: float
     pattention_impl: str
     initial_checkpoint: Optional[str]
+    pretrained_path: Optional[str]  # fine-tune from it (pretrained.py)
     growth: GrowthPlan
     lr: Optional[float]  # None: blr x global batch / 256
     blr: float
     weight_decay: float
+    layer_decay: Optional[float]  # None: every layer at the same learning rate
     opt_betas: Tuple[float, float]
     warmup_epochs: float
     warmup_lr: float
@@ -68,8 +72,9 @@ class RunConfig:
 
 
 def create_model(config: RunConfig, num_classes: int, attn_tokens: Optional[int] = None,
-                 ffn_tokens: Optional[int] = None) -> torch.nn.Module:
-    """timm.create_model from the config, at these token counts if given."""
+                 ffn_tokens: Optional[int] = None, device: Optional[str] = None) -> torch.nn.Module:
+    """timm.create_model from the config, at these token counts if given (on `device`: 'meta' builds
+    no weights)."""
     import timm
     kwargs = dict(config.model_kwargs)
     if attn_tokens is not None:
@@ -77,7 +82,8 @@ def create_model(config: RunConfig, num_classes: int, attn_tokens: Optional[int]
     if config.img_size:
         kwargs['img_size'] = config.img_size
     try:
-        model = timm.create_model(config.model, num_classes=num_classes, drop_path_rate=config.drop_path, **kwargs)
+        model = timm.create_model(config.model, num_classes=num_classes, drop_path_rate=config.drop_path,
+                                  **({'device': device} if device else {}), **kwargs)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f'cannot create --model {config.model} with {kwargs}: {e}') from None
     if config.pattention_impl != 'torch':  # speed only, not a model argument: checkpoints stay portable
@@ -98,11 +104,13 @@ def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], source:
 
 
 def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = None, source: str = 'checkpoint',
-                grow_initial: bool = True) -> Tuple[torch.nn.Module, List[Dict]]:
+                grow_initial: bool = True, pretrained: Optional[Dict] = None,
+                say: Callable[[str], None] = print) -> Tuple[torch.nn.Module, List[Dict]]:
     """(model, growth history), the model built once, at the size of the weights it gets: resumed
     from `resume`, grown from the config's initial checkpoint to the config's token counts (unless
-    `grow_initial` is False: evaluating it as it is), or new, initialised from the seed (the same on
-    every rank)."""
+    `grow_initial` is False: evaluating it as it is), fine-tuned from the config's pretrained
+    checkpoint (its weights `pretrained`, read here if not given; see `check_pretrained`; `say` gets
+    the line that tells what was loaded), or new, initialised from the seed (the same on every rank)."""
     torch.manual_seed(config.seed)
     if resume is not None:
         try:
@@ -112,6 +120,9 @@ def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = No
         model = create_model(config, num_classes, *sizes)
         load_weights(model, resume['state_dict'], source, config)
         return model, list(resume.get('growth_history') or [])
+    if config.pretrained_path:
+        state = read_pretrained(config.pretrained_path) if pretrained is None else pretrained
+        return _fine_tuned(config, num_classes, state, say)
     if not config.initial_checkpoint:
         return create_model(config, num_classes), []
     init = read_checkpoint(config.initial_checkpoint)
@@ -125,6 +136,68 @@ def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = No
     plan = config.growth
     record = grow_training_state(model, *target, plan.mode, seed=config.seed, ramp_epochs=plan.ramp_epochs)
     return model, [dict(record, epoch=0, source=str(config.initial_checkpoint))]
+
+
+def _fine_tuned(config: RunConfig, num_classes: int, state: Dict,
+                say: Callable[[str], None]) -> Tuple[torch.nn.Module, List[Dict]]:
+    """The model at the pretrained checkpoint's token counts, loaded from it (pretrained.py), then
+    grown to the counts --model-kwargs asks for, in the plan's mode (preserve unless --grow-mode)."""
+    sizes = _tokens_of(state)
+    target, what = _fine_tune_tokens(config, sizes), _described(config)
+    model = create_model(config, num_classes, *(sizes or (None, None)))
+    line = load_pretrained(model, state, str(config.pretrained_path), what)
+    if target == sizes:
+        say(line)
+        return model, []
+    plan = config.growth
+    record = grow_training_state(model, *target, plan.mode, seed=config.seed, ramp_epochs=plan.ramp_epochs)
+    say(f'{line}; grown from attn_tokens={sizes[0]}, ffn_tokens={sizes[1]} to {target[0]}/{target[1]} ({plan.mode})')
+    return model, [dict(record, epoch=0, source=str(config.pretrained_path))]
+
+
+def _tokens_of(state: Dict) -> Optional[Tuple[int, int]]:
+    try:
+        return token_counts(state)
+    except GrowthError:  # another timm model: it has no token counts
+        return None
+
+
+def _fine_tune_tokens(config: RunConfig, sizes: Optional[Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    """The token counts a fine-tuning run trains at: those --model-kwargs names, the checkpoint's for the others."""
+    if sizes is None:
+        return None
+    kwargs = dict(config.model_kwargs)
+    return kwargs.get('attn_tokens', sizes[0]), kwargs.get('ffn_tokens', sizes[1])
+
+
+def _described(config: RunConfig) -> str:
+    kwargs = {k: v for k, v in dict(config.model_kwargs).items() if k not in ('attn_tokens', 'ffn_tokens')}
+    return f'--model {config.model}' + (f' with --model-kwargs {kwargs}' if kwargs else '')
+
+
+def check_pretrained(config: RunConfig, state: Dict, source: str) -> None:
+    """Before work starts: --pretrained-path holds the model's architecture and width (any token
+    counts no larger than asked, any class count and image size), a growth to the asked counts keeps
+    the function where its mode says so, and the planned growths fit the counts it starts at."""
+    sizes, ours = _tokens_of(state), start_tokens(config.model, dict(config.model_kwargs)) is not None
+    if ours != (sizes is not None):
+        raise CheckpointError(f'--pretrained-path {source} is {"not " * ours}a Tokenformer-ViT checkpoint (it has '
+                              f'{"no " * ours}parameter tokens) and --model {config.model} is {"not " * (not ours)}'
+                              f'one: fine-tune it with the --model it was trained with.')
+    target = _fine_tune_tokens(config, sizes)
+    if sizes is not None and (target[0] < sizes[0] or target[1] < sizes[1]):
+        raise CheckpointError(f'--pretrained-path {source} holds attn_tokens={sizes[0]}, ffn_tokens={sizes[1]}, more '
+                              f'than --model-kwargs asks for ({target[0]}/{target[1]}): a checkpoint grows, it does '
+                              f'not shrink; ask for at least its counts, or leave attn_tokens and ffn_tokens out.')
+    what = _described(config)
+    meta = create_model(config, 1, *(sizes or (None, None)), device='meta')  # any class count: the head may be new
+    load_pretrained(meta, state, source, what, load=False)
+    if target is None:
+        return
+    if target != sizes:
+        for norm in {m.norm for m in meta.modules() if isinstance(m, Pattention)}:
+            check_exact(config.growth.mode, norm, f'growing --pretrained-path {source} to {target[0]}/{target[1]}')
+    config.growth.check(target, epochs=config.epochs)
 
 
 def start_tokens(model: Optional[str], model_kwargs) -> Optional[Tuple[int, int]]:
@@ -289,7 +362,8 @@ def build_run(config: RunConfig, model: torch.nn.Module, num_classes: int, updat
         ema = ModelEmaV3(model, decay=config.ema_decay)
         if resume is not None and resume.get('state_dict_ema'):
             load_weights(ema.module, resume['state_dict_ema'], f'{source} (EMA)', config)
-    optimizer = build_optimizer(model, config.peak_lr(world), config.weight_decay, config.opt_betas, device)
+    optimizer = build_optimizer(model, config.peak_lr(world), config.weight_decay, config.opt_betas, device,
+                                config.layer_decay)
     scheduler = LRSchedule(optimizer, total_steps=config.epochs * updates_per_epoch,
                            warmup_steps=config.warmup_epochs * updates_per_epoch, warmup_lr=config.warmup_lr,
                            min_lr=config.min_lr, policy=config.growth.schedule,

@@ -64,8 +64,9 @@ def submit(args: argparse.Namespace) -> int:
     run_args.submit = False
     run_args.output = str(Path(args.output).resolve())
     run_args.data_dir = str(Path(args.data_dir).resolve())
-    if run_args.initial_checkpoint:
-        run_args.initial_checkpoint = str(Path(run_args.initial_checkpoint).resolve())
+    for key in ('initial_checkpoint', 'pretrained_path'):  # the job may start in another folder
+        if getattr(run_args, key):
+            setattr(run_args, key, str(Path(getattr(run_args, key)).resolve()))
     job = executor.submit(Trainer(run_args))
     print(f'submitted job {job.job_id} ({args.cluster}, {args.nodes} node(s) x {tasks} task(s)); logs in {folder}',
           flush=True)
