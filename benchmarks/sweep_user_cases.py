@@ -104,7 +104,7 @@ def resume(w, name, *flags, expected='refused'):
 
 def cases(w: World):
     """(name, expected, run: () -> CompletedProcess, check: () -> problem or None)."""
-    for group in (flag_cases, file_cases, resume_cases, folder_cases, shard_cases, grow_cases):
+    for group in (flag_cases, file_cases, resume_cases, folder_cases, shard_cases, grow_cases, finetune_cases):
         yield from group(w)
 
 
@@ -378,6 +378,39 @@ def grow_cases(w: World):
                                                        w.fresh().with_suffix('.pth')), lambda: None)
     yield ('timm_script: missing script', 'refused', lambda: sh('timm_script', w.root / 'validate.py'), lambda: None)
     yield ('timm_script: a folder', 'refused', lambda: sh('timm_script', w.root), lambda: None)
+
+
+def finetune_cases(w: World):
+    """--pretrained-path and --layer-decay (issue 35's sweep: new cases, not the issue's)."""
+    import timm
+    yield flag(w, 'fine-tune: missing checkpoint', '--pretrained-path', w.root / 'none.pth.tar')
+    empty = w.fresh('emptyhf')
+    empty.mkdir()
+    yield flag(w, 'fine-tune: a folder without weights', '--pretrained-path', empty)
+    garbage = w.root / 'garbage.pth.tar'
+    garbage.write_bytes(b'not a checkpoint')
+    yield flag(w, 'fine-tune: an unreadable file', '--pretrained-path', garbage)
+    resnet = w.root / 'resnet_ft.pth'
+    torch.save(timm.create_model('resnet18', num_classes=4).state_dict(), resnet)
+    yield flag(w, 'fine-tune: a resnet checkpoint', '--pretrained-path', resnet)
+    yield flag(w, 'fine-tune: another width', '--pretrained-path', w.ckpt, '--model-kwargs', 'depth=2',
+               'embed_dim=64', 'num_heads=2', 'patch_size=8')
+    yield flag(w, 'fine-tune: another patch size', '--pretrained-path', w.ckpt, '--model-kwargs', 'depth=2',
+               'embed_dim=32', 'num_heads=2', 'patch_size=16')
+    yield flag(w, 'fine-tune: fewer tokens than it holds', '--pretrained-path', w.ckpt, '--model-kwargs', 'depth=2',
+               'embed_dim=32', 'num_heads=2', 'patch_size=8', 'attn_tokens=8', 'ffn_tokens=32')
+    yield flag(w, 'fine-tune: with --initial-checkpoint', '--pretrained-path', w.ckpt, '--initial-checkpoint', w.ckpt)
+    yield flag(w, 'fine-tune: with --eval-only', '--pretrained-path', w.ckpt, '--eval-only')
+    yield flag(w, 'fine-tune: a grow mode with nothing to grow', '--pretrained-path', w.ckpt, '--grow-mode', 'ramp')
+    yield flag(w, 'fine-tune: a growth that shrinks it', '--pretrained-path', w.ckpt, '--grow', '1:8:32', epochs=2)
+    yield flag(w, 'layer decay 0', '--layer-decay', 0)
+    yield flag(w, 'layer decay above 1', '--layer-decay', 1.5)
+    yield flag(w, 'layer decay nan', '--layer-decay', 'nan')
+    yield flag(w, 'fine-tune: the same classes at another size, layer decay', '--pretrained-path', w.ckpt,
+               '--img-size', 48, '--layer-decay', 0.75, expected='ok')
+    yield flag(w, 'fine-tune: grown on the way', '--pretrained-path', w.ckpt, '--model-kwargs', 'depth=2',
+               'embed_dim=32', 'num_heads=2', 'patch_size=8', 'attn_tokens=24', 'ffn_tokens=48', expected='ok')
+    yield resume(w, 'resume a run with --pretrained-path', '--pretrained-path', w.ckpt)
 
 
 def kill_and_rebuild(w: World, out: Path):

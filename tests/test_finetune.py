@@ -157,6 +157,7 @@ def test_layer_decay_scales_each_block_as_timm_computes_it_and_keeps_the_weight_
      'holds attn_tokens=16, ffn_tokens=32, more than --model-kwargs asks for (8/32): a checkpoint grows'),
     (['--initial-checkpoint', '{ckpt}'], '--pretrained-path and --initial-checkpoint both name a checkpoint'),
     (['--eval-only'], '--eval-only evaluates a checkpoint as it is, and --pretrained-path starts a fine-tuning'),
+    (['--grow-mode', 'paper'], '--grow-mode paper takes effect only when the model grows, and --pretrained-path'),
     (['--layer-decay', '0'], '--layer-decay is 0.0: it must be more than 0.'),
     (['--layer-decay', '1.5'], '--layer-decay is 1.5: it must be at most 1.'),
 ])

@@ -414,7 +414,8 @@ def _check_effective(args: argparse.Namespace, plan: GrowthPlan) -> None:
     if not plan and args.grow_schedule != defaults.grow_schedule:
         raise ConfigError(f'--grow-schedule {args.grow_schedule} takes effect only with --grow: add a --grow, or leave '
                           f'it out.')
-    if not plan and not args.initial_checkpoint and not args.pretrained_path and args.grow_mode is not None:
+    if not plan and not args.initial_checkpoint and not args.pretrained_path and grow_mode(args) != 'paper':
+        # its default may be given (a run's recorded flags replayed): any other mode would do nothing
         raise ConfigError(f'--grow-mode {args.grow_mode} takes effect only with --grow, --initial-checkpoint or '
                           f'--pretrained-path: add one, or leave it out.')
     ramps = args.grow_mode == 'ramp' or any(e.mode == 'ramp' for e in plan.events)

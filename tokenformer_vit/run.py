@@ -192,6 +192,12 @@ def check_pretrained(config: RunConfig, state: Dict, source: str) -> None:
     what = _described(config)
     meta = create_model(config, 1, *(sizes or (None, None)), device='meta')  # any class count: the head may be new
     load_pretrained(meta, state, source, what, load=False)
+    mode = config.growth.mode
+    if target == sizes and not config.growth and mode != 'preserve':  # preserve: the default, given or not
+        held = f'holds the {sizes[0]}/{sizes[1]} tokens asked for' if sizes else 'is not a Tokenformer-ViT'
+        raise ConfigError(f'--grow-mode {mode} takes effect only when the model grows, and --pretrained-path {source} '
+                          f'{held} with no --grow: ask for more tokens in --model-kwargs, add a --grow, or leave '
+                          f'--grow-mode out.')
     if target is None:
         return
     if target != sizes:
