@@ -55,13 +55,21 @@ def _grown_local_dir(trained, folder):
     return folder / 'hf'
 
 
-@pytest.mark.parametrize('kind', ['job', 'grown local-dir', "timm's train.py"])
+def _safetensors(trained, folder):
+    """The weights of `trained` alone, as a .safetensors file."""
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in read_pretrained(trained).items()}, str(folder / 'weights.safetensors'))
+    return folder / 'weights.safetensors'
+
+
+@pytest.mark.parametrize('kind', ['job', 'grown local-dir', "timm's train.py", 'safetensors'])
 def test_fine_tuning_on_other_classes_starts_from_the_checkpoints_backbone_with_a_new_head(
         kind, trained, three_classes, tmp_path):
     # real processes: the job's command. Its one step per epoch (36 images, batch 36) runs at the warmup's
     # first learning rate, 0, so the weights it saves are those it started from, step 0's
     source = {'job': lambda: trained, 'grown local-dir': lambda: _grown_local_dir(trained, tmp_path),
-              "timm's train.py": lambda: _timm_train_checkpoint(tmp_path)}[kind]()
+              "timm's train.py": lambda: _timm_train_checkpoint(tmp_path),
+              'safetensors': lambda: _safetensors(trained, tmp_path)}[kind]()
     kwargs = ['--model-kwargs', *(f'{k}={v}' for k, v in SMALL.items() if k != 'img_size')]  # tokens: from it
     res = train('--data-dir', three_classes, '--output', tmp_path / 'ft', '--epochs', '1', '--batch-size', '36',
                 '--warmup-epochs', '1', '--warmup-lr', '0', '--layer-decay', '0.65', '--pretrained-path', source,
@@ -98,21 +106,28 @@ def test_fine_tuning_grows_a_smaller_checkpoint_keeping_its_function_and_records
     assert config.flags['pretrained_path'] == str(trained) and config.flags['grow_mode'] == 'preserve'
 
 
+@pytest.mark.parametrize('classes', [4, 3])
 @pytest.mark.parametrize('arch', ['tokenformer_vit_tiny', 'vit_tiny_patch16_224'])
-def test_another_image_size_resamples_the_position_embedding_as_timms_load_pretrained(arch, tmp_path):
+def test_another_image_size_and_class_count_load_as_timms_load_pretrained(arch, classes, tmp_path):
+    # timm's own loader, told the checkpoint's class count (4): the position embedding resampled to the
+    # 48-px grid, the classifier kept for 4 classes, dropped (left as initialised) for 3
     torch.manual_seed(2)
     extra = TOKENS if arch.startswith('tokenformer') else {}
     source = timm.create_model(arch, num_classes=4, **SMALL, **extra)
     torch.save({'state_dict': source.state_dict()}, tmp_path / 'src.pth.tar')
     at_48 = dict(SMALL, img_size=48)
-    theirs = timm.create_model(arch, pretrained=True, num_classes=4, **at_48, **extra,
+    torch.manual_seed(7)
+    theirs = timm.create_model(arch, pretrained=True, num_classes=classes, **at_48, **extra,
                                pretrained_cfg_overlay=dict(file=str(tmp_path / 'src.pth.tar'), num_classes=4))
-    ours = timm.create_model(arch, num_classes=4, **at_48, **extra)
+    torch.manual_seed(7)
+    ours = timm.create_model(arch, num_classes=classes, **at_48, **extra)
     line = load_pretrained(ours, read_pretrained(tmp_path / 'src.pth.tar'), 'src')
-    assert line.endswith('classifier kept (4 classes); position embedding resampled from 4x4 to 6x6 patches')
+    head = 'classifier kept (4 classes)' if classes == 4 else "classifier new for 3 classes (the checkpoint's has 4)"
+    assert line.endswith(f'{head}; position embedding resampled from 4x4 to 6x6 patches')
     mine, timms = ours.state_dict(), theirs.state_dict()
     assert mine.keys() == timms.keys() and all(torch.equal(mine[k], timms[k]) for k in mine)
     assert mine['pos_embed'].shape[1] == 37
+    assert torch.equal(mine['head.weight'], source.head.weight) == (classes == 4)
 
 
 def test_layer_decay_scales_each_block_as_timm_computes_it_and_keeps_the_weight_decay_groups(trained):

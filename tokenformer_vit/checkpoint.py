@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .errors import CheckpointError, GrowthError
-from .tokenformer_vit import token_counts
+from .tokenformer_vit import token_counts_or_none
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'recorded_model_kwargs',
            'check_hf_dir', 'write_hf_dir', 'place_hf_dir', 'validate_command', 'validate_flags']
@@ -177,8 +177,9 @@ def validate_flags(arch: Optional[str], state_dict: Dict[str, torch.Tensor],
     record (depth, width, patch) where they differ from the architecture's defaults.
     """
     recorded = {k: v for k, v in (extra or {}).items() if k not in SPEED_KWARGS}
-    if _is_tokenformer(state_dict):
-        attn, ffn = token_counts(state_dict)
+    counts = token_counts_or_none(state_dict)
+    if counts is not None:
+        attn, ffn = counts
         shapes = model_kwargs_of(state_dict, recorded)
     else:  # another timm model: its recorded arguments, its class count from its head if it has one
         attn = ffn = None
@@ -205,10 +206,3 @@ def validate_flags(arch: Optional[str], state_dict: Dict[str, torch.Tensor],
             kwargs[key] = value
     return kwargs, flags
 
-
-def _is_tokenformer(state_dict: Dict[str, torch.Tensor]) -> bool:
-    try:
-        token_counts(state_dict)
-    except GrowthError:
-        return False
-    return True

@@ -23,7 +23,7 @@ from .errors import CheckpointError, ConfigError, GrowthError
 from .growth import GrowthPlan, TauRamp, check_exact, grow_training_state
 from .pattention import Pattention, set_pattention_impl
 from .pretrained import load_pretrained, read_pretrained
-from .tokenformer_vit import token_counts
+from .tokenformer_vit import token_counts, token_counts_or_none
 
 __all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'check_pretrained', 'build_run', 'check_resume',
            'check_epochs',
@@ -113,10 +113,7 @@ def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = No
     the line that tells what was loaded), or new, initialised from the seed (the same on every rank)."""
     torch.manual_seed(config.seed)
     if resume is not None:
-        try:
-            sizes = token_counts(resume['state_dict'], source)
-        except GrowthError:  # another timm model: it has no token counts
-            sizes = (None, None)
+        sizes = token_counts_or_none(resume['state_dict']) or (None, None)  # (None, None): another timm model
         model = create_model(config, num_classes, *sizes)
         load_weights(model, resume['state_dict'], source, config)
         return model, list(resume.get('growth_history') or [])
@@ -142,7 +139,7 @@ def _fine_tuned(config: RunConfig, num_classes: int, state: Dict,
                 say: Callable[[str], None]) -> Tuple[torch.nn.Module, List[Dict]]:
     """The model at the pretrained checkpoint's token counts, loaded from it (pretrained.py), then
     grown to the counts --model-kwargs asks for, in the plan's mode (preserve unless --grow-mode)."""
-    sizes = _tokens_of(state)
+    sizes = token_counts_or_none(state)
     target, what = _fine_tune_tokens(config, sizes), _described(config)
     model = create_model(config, num_classes, *(sizes or (None, None)))
     line = load_pretrained(model, state, str(config.pretrained_path), what)
@@ -153,13 +150,6 @@ def _fine_tuned(config: RunConfig, num_classes: int, state: Dict,
     record = grow_training_state(model, *target, plan.mode, seed=config.seed, ramp_epochs=plan.ramp_epochs)
     say(f'{line}; grown from attn_tokens={sizes[0]}, ffn_tokens={sizes[1]} to {target[0]}/{target[1]} ({plan.mode})')
     return model, [dict(record, epoch=0, source=str(config.pretrained_path))]
-
-
-def _tokens_of(state: Dict) -> Optional[Tuple[int, int]]:
-    try:
-        return token_counts(state)
-    except GrowthError:  # another timm model: it has no token counts
-        return None
 
 
 def _fine_tune_tokens(config: RunConfig, sizes: Optional[Tuple[int, int]]) -> Optional[Tuple[int, int]]:
@@ -179,7 +169,7 @@ def check_pretrained(config: RunConfig, state: Dict, source: str) -> None:
     """Before work starts: --pretrained-path holds the model's architecture and width (any token
     counts no larger than asked, any class count and image size), a growth to the asked counts keeps
     the function where its mode says so, and the planned growths fit the counts it starts at."""
-    sizes, ours = _tokens_of(state), start_tokens(config.model, dict(config.model_kwargs)) is not None
+    sizes, ours = token_counts_or_none(state), start_tokens(config.model, dict(config.model_kwargs)) is not None
     if ours != (sizes is not None):
         raise CheckpointError(f'--pretrained-path {source} is {"not " * ours}a Tokenformer-ViT checkpoint (it has '
                               f'{"no " * ours}parameter tokens) and --model {config.model} is {"not " * (not ours)}'
@@ -194,10 +184,12 @@ def check_pretrained(config: RunConfig, state: Dict, source: str) -> None:
     load_pretrained(meta, state, source, what, load=False)
     mode = config.growth.mode
     if target == sizes and not config.growth and mode != 'preserve':  # preserve: the default, given or not
-        held = f'holds the {sizes[0]}/{sizes[1]} tokens asked for' if sizes else 'is not a Tokenformer-ViT'
+        if sizes is None:
+            raise ConfigError(f'--grow-mode {mode} takes effect only on a model that grows, and --model {config.model} '
+                              f'has no parameter tokens: leave --grow-mode out.')
         raise ConfigError(f'--grow-mode {mode} takes effect only when the model grows, and --pretrained-path {source} '
-                          f'{held} with no --grow: ask for more tokens in --model-kwargs, add a --grow, or leave '
-                          f'--grow-mode out.')
+                          f'holds the {sizes[0]}/{sizes[1]} tokens asked for with no --grow: ask for more tokens in '
+                          f'--model-kwargs, add a --grow, or leave --grow-mode out.')
     if target is None:
         return
     if target != sizes:
@@ -232,9 +224,8 @@ def check_resume(config: RunConfig, resume: Dict, world: int, path: Path) -> Non
         raise ConfigError(f'{path} was trained with a global batch of {before}, not '
                           f'{config.batch_size * world} (--batch-size {config.batch_size} x {world} process(es)): '
                           f'resume with the same batch, or start a new --output.')
-    try:
-        now = token_counts(resume['state_dict'])
-    except GrowthError:  # another timm model: config.py has checked that the flags build one
+    now = token_counts_or_none(resume['state_dict'])
+    if now is None:  # another timm model: config.py has checked that the flags build one
         return
     started = start_tokens(saved.get('model'), saved.get('model_kwargs'))
     asked = start_tokens(config.model, dict(config.model_kwargs))

@@ -39,7 +39,8 @@ from timm.models._input import update_model_args, update_model_input_size
 from .errors import GrowthError
 from .pattention import Pattention, stacked_pattention
 
-__all__ = ['TokenformerViT', 'TokenformerAttention', 'TokenformerBlock', 'pattention_kinds', 'token_counts']
+__all__ = ['TokenformerViT', 'TokenformerAttention', 'TokenformerBlock', 'pattention_kinds', 'token_counts',
+           'token_counts_or_none']
 
 # leaves for torch.fx: their fast paths are an autograd.Function that symbolic tracing cannot enter
 register_notrace_module(Pattention)
@@ -259,10 +260,7 @@ class TokenformerViT(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module's, but a checkpoint of other token counts (a grown or smaller model) is named as
         such, with the create_model arguments that build a model it fits."""
-        try:
-            counts = token_counts(clean_state_dict(state_dict))
-        except GrowthError:  # not a whole Tokenformer-ViT state dict: leave the checks to torch
-            counts = None
+        counts = token_counts_or_none(clean_state_dict(state_dict))  # None: leave the checks to torch
         if counts is not None and counts != (self.attn_tokens, self.ffn_tokens):
             raise RuntimeError(
                 f'The checkpoint has attn_tokens={counts[0]}, ffn_tokens={counts[1]}, but this model was built with '
@@ -490,6 +488,14 @@ def token_counts(state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint'
         raise GrowthError(f'{source} has Pattentions of mixed token counts ({sorted(attn)}, {sorted(ffn)}): '
                           f'grow it with tokenformer_vit.grow_model instead.')
     return attn.pop(), ffn.pop()
+
+
+def token_counts_or_none(state_dict: Dict[str, torch.Tensor]) -> Optional[Tuple[int, int]]:
+    """`token_counts`, or None for a state dict that is not a whole Tokenformer-ViT's (another timm model's)."""
+    try:
+        return token_counts(state_dict)
+    except GrowthError:
+        return None
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: TokenformerViT) -> Dict[str, torch.Tensor]:
