@@ -162,6 +162,14 @@ def file_cases(w: World):
                                                 attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
                                                 num_classes=4).state_dict()}, wide)
     yield flag(w, 'initial checkpoint of another width', '--initial-checkpoint', wide)
+    for name, kwargs in (('more tokens than the run starts at', dict(attn_tokens=24, ffn_tokens=40)),
+                         ('another class count', dict(num_classes=3)), ('more classes', dict(num_classes=6))):
+        other = w.root / f'initial-{name.replace(" ", "-")}.pth'
+        shape = dict(depth=2, embed_dim=32, num_heads=2, attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
+                     num_classes=4)
+        torch.save({'state_dict': timm.create_model('tokenformer_vit_tiny', **dict(shape, **kwargs)).state_dict()},
+                   other)
+        yield flag(w, f'initial checkpoint of {name}', '--initial-checkpoint', other)
     yield ('output is a file', 'refused', lambda: job('--data-dir', w.data, '--output', a_file, '--epochs', 1),
            lambda: None)
     yield ('missing config file', 'refused', lambda: job('--config', w.root / 'no.yaml', '--data-dir', w.data,

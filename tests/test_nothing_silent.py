@@ -207,6 +207,63 @@ def test_tensorboard_without_its_package_is_refused_before_the_folder_is_touched
     assert not (tmp_path / 'run').exists()
 
 
+SMALL = dict(depth=2, embed_dim=32, num_heads=2, patch_size=8, img_size=32)  # the model of job.TINY
+
+
+def _checkpoint(path, num_classes=4, **kwargs):
+    """A Tokenformer-ViT state dict saved as a bare checkpoint: job.TINY's model unless `kwargs` say."""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model('tokenformer_vit_tiny', num_classes=num_classes,
+                              **{**SMALL, 'attn_tokens': 16, 'ffn_tokens': 32, **kwargs})
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(embed_dim=48), 'does not fit --model tokenformer_vit_tiny'),
+    (dict(attn_tokens=24, ffn_tokens=40), 'holds attn_tokens=24, ffn_tokens=40, more than --model tokenformer_vit_tiny'
+                                         ' with --model-kwargs'),
+])
+def test_an_initial_checkpoint_that_cannot_start_the_run_is_refused_before_the_shards_are_built(tmp_path, capsys,
+                                                                                             monkeypatch, kwargs,
+                                                                                             message):
+    # before: read when the model was built, after --shards-from had written the data set (hours on ImageNet)
+    import tokenformer_vit.make_shards as writer
+    built = []
+    monkeypatch.setattr(writer, 'make_shards', lambda *a, **k: built.append(a) or 1 / 0)
+    ckpt = _checkpoint(tmp_path / 'c.pth', **kwargs)
+    code, err = run_cli(['--data-dir', tmp_path / 'data', '--shards-from', 'fashion-mnist', '--output',
+                         tmp_path / 'run', '--epochs', 1, '--initial-checkpoint', ckpt], capsys)
+    assert code == 2 and message in one_sentence(err) and str(ckpt) in err, err
+    assert built == [] and not (tmp_path / 'data').exists() and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('classes,extra,message', [
+    (3, [], 'has a classifier of 3 classes and the model here has 4 (the classes of DATA): fine-tune it with '
+            '--pretrained-path instead'),
+    (6, [], 'has a classifier of 6 classes and the model here has 4 (the classes of DATA): pass --num-classes 6.'),
+    (3, ['--eval-only'], 'evaluate it on the data it was trained on.'),
+    (6, ['--num-classes', 5], 'the model here has 5 (--num-classes): pass --num-classes 6.'),
+])
+def test_an_initial_checkpoint_of_another_class_count_is_one_sentence_naming_the_fix(shards, tmp_path, capsys,
+                                                                                     classes, extra, message):
+    # before: "does not fit --model ... (size mismatch for head.weight ...): pass the model and kwargs it was trained
+    # with", which names neither the class count nor the fix
+    ckpt = _checkpoint(tmp_path / 'c.pth', num_classes=classes)
+    code, err = run_cli(['--data-dir', shards, '--output', tmp_path / 'run', '--epochs', 1, '--initial-checkpoint',
+                         ckpt, *extra], capsys)
+    assert code == 2 and message.replace('DATA', str(shards)) in one_sentence(err), err
+
+
+def test_an_initial_checkpoint_of_more_classes_than_the_data_is_evaluated_with_its_num_classes(shards, tmp_path,
+                                                                                             capsys):
+    ckpt = _checkpoint(tmp_path / 'c.pth', num_classes=6)
+    code, err = run_cli(['--data-dir', shards, '--output', tmp_path / 'run', '--eval-only', '--initial-checkpoint',
+                         ckpt, '--num-classes', 6], capsys)
+    assert code == 0, err
+
+
 def test_yaml_values_are_read_as_a_user_means_them(tmp_path):
     from tokenformer_vit.config import parse_args
     cfg = tmp_path / 'c.yaml'

@@ -21,8 +21,8 @@ from .distributed import Preemption, Process, leave, on_rank_zero, setup_distrib
 from .engine import schedule_lr
 from .errors import CheckpointError, ConfigError, DataError, UserError
 from .identity import check_flags, check_resolved, resolved_identity
-from .pretrained import read_pretrained
-from .run import Run, build_run, check_pretrained, check_resume, evaluate_run
+from .pretrained import checkpoint_classes
+from .run import Run, build_run, check_initial, check_pretrained, check_resume, evaluate_run, read_start_weights
 from .run_folder import RunFolder, prepare_output, run_names, write_logs
 from .triton_env import interpreting
 
@@ -45,7 +45,7 @@ class Job:
     num_classes: int = 0
     info: Dict = field(default_factory=dict)
     resume: Optional[Dict] = None
-    pretrained: Optional[Dict] = None  # --pretrained-path's weights, read and checked at the start (not on a resume)
+    weights: Optional[Dict] = None  # --pretrained-path's or --initial-checkpoint's, read and checked at the start
     identity: Dict = field(default_factory=dict)  # what the job resolved at its start besides the flags (identity.py)
     train_stream: Optional[object] = None  # the training loader's ShardStream: where a save inside an epoch stands
 
@@ -71,10 +71,13 @@ def setup(config: JobConfig) -> Job:
             if not config.eval_only:  # first: it names the global batch and the token counts held now
                 check_resume(config.run, job.resume, world, job.resume_path)
             check_flags(job.resume, config.flags, job.resume_path, eval_only=config.eval_only)
-        elif config.run.pretrained_path:
-            job.pretrained = read_pretrained(config.run.pretrained_path)
-            check_pretrained(config.run, job.pretrained, config.run.pretrained_path)
-        elif config.eval_only and not config.run.initial_checkpoint:
+        elif config.run.pretrained_path or config.run.initial_checkpoint:
+            job.weights = read_start_weights(config.run)
+            if config.run.pretrained_path:
+                check_pretrained(config.run, job.weights, config.run.pretrained_path)
+            else:
+                check_initial(config.run, job.weights, grow=not config.eval_only)
+        elif config.eval_only:
             raise ConfigError(f'--eval-only has nothing to evaluate: {job.resume_path} does not exist and no '
                               f'--initial-checkpoint was given.')
     except UserError:
@@ -115,10 +118,36 @@ def prepare_data(job: Job) -> None:
     if data_classes and job.num_classes < data_classes:
         raise ConfigError(f'--num-classes {job.num_classes} is fewer than the {data_classes} classes of '
                           f'{config.data.root}: pass at least {data_classes}, or leave it out.')
+    _check_classes(job, data_classes)
     job.identity = job_identity(job)
     if job.resume is not None and not config.eval_only:
         check_resolved(job.resume.get('identity') or {}, job.identity, job.resume_path, config.train_split,
                        config.data.root)
+
+
+def _check_classes(job: Job, data_classes: int) -> None:
+    """A checkpoint that goes on training or is evaluated keeps its classifier (last.pth.tar,
+    --initial-checkpoint): one of the model's class count (a resumed run's flags are compared too,
+    identity.py; --pretrained-path replaces a classifier of another count)."""
+    config = job.config
+    if job.resume is not None:
+        state, name = job.resume['state_dict'], str(job.resume_path)
+    elif job.weights is not None and config.run.initial_checkpoint:
+        state, name = job.weights, f'--initial-checkpoint {config.run.initial_checkpoint}'
+    else:
+        return
+    held = checkpoint_classes(state)
+    if held is None or held == job.num_classes:
+        return
+    if held >= data_classes:
+        fix = f'pass --num-classes {held}'
+    elif config.eval_only:
+        fix = 'evaluate it on the data it was trained on'
+    else:
+        fix = 'fine-tune it with --pretrained-path instead, which gives it a new classifier'
+    now = '--num-classes' if config.num_classes else f'the classes of {config.data.root}'
+    raise ConfigError(f'{name} has a classifier of {held} classes and the model here has {job.num_classes} ({now}): '
+                      f'{fix}.')
 
 
 def job_identity(job: Job) -> Dict:

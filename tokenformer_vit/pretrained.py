@@ -19,7 +19,8 @@ from .checkpoint import read_checkpoint
 from .errors import CheckpointError
 from .tokenformer_vit import checkpoint_filter_fn
 
-__all__ = ['LOCAL_DIR_WEIGHTS', 'pretrained_file', 'read_pretrained', 'head_kept', 'load_pretrained']
+__all__ = ['LOCAL_DIR_WEIGHTS', 'pretrained_file', 'read_pretrained', 'checkpoint_classes', 'head_kept',
+           'load_pretrained']
 
 # the weights of a folder that timm's `local-dir:` reads (the grow command's --hf-dir), in timm's order
 LOCAL_DIR_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')
@@ -58,7 +59,8 @@ def head_kept(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> bool:
     return bool(mine) and mine.keys() == theirs.keys() and all(v.shape == theirs[k].shape for k, v in mine.items())
 
 
-def _classes(state: Dict[str, torch.Tensor], classifier: str) -> Optional[int]:
+def checkpoint_classes(state: Dict[str, torch.Tensor], classifier: str = 'head') -> Optional[int]:
+    """The class count of a state dict's classifier, or None where it has none."""
     weight = state.get(classifier + '.weight')
     return None if weight is None else weight.shape[0]
 
@@ -77,7 +79,7 @@ def load_pretrained(model: torch.nn.Module, state: Dict[str, torch.Tensor], sour
             old, new = round((before - getattr(model, 'num_prefix_tokens', 1)) ** 0.5), model.patch_embed.grid_size
             grid = f'; position embedding resampled from {old}x{old} to {new[0]}x{new[1]} patches'
     classifier = _classifier(model)
-    kept, then = head_kept(model, state), _classes(state, classifier)
+    kept, then = head_kept(model, state), checkpoint_classes(state, classifier)
     if not kept:  # timm's load_pretrained drops it and loads the rest
         state = {k: v for k, v in state.items() if not k.startswith(classifier + '.')}
     mine = model.state_dict()
@@ -95,7 +97,7 @@ def load_pretrained(model: torch.nn.Module, state: Dict[str, torch.Tensor], sour
                               f'the architecture and width it was trained with.')
     if load:
         model.load_state_dict(state, strict=kept)
-    now = _classes(mine, classifier)
+    now = checkpoint_classes(mine, classifier)
     head = f'classifier kept ({now} classes)' if kept else \
         f'classifier new for {now} classes' + (f' (the checkpoint\'s has {then})' if then else '')
     return f'fine-tuning from {source}: backbone loaded, {head}{grid or ""}'

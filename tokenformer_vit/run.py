@@ -92,9 +92,10 @@ def create_model(config: RunConfig, num_classes: int, attn_tokens: Optional[int]
 
 
 def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: str, config: RunConfig) -> None:
-    """load_state_dict, with a mismatch (another width, head count or depth) said in one sentence."""
+    """load_state_dict, with a mismatch (another width, head count or depth) said in one sentence (a
+    model on the meta device takes the tensors as they are: the check before work starts)."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=next(model.parameters()).is_meta)
     except RuntimeError as e:
         detail = next((line.strip() for line in str(e).splitlines() if 'size mismatch' in line or 'Missing' in line
                        or 'Unexpected' in line), str(e).splitlines()[0])
@@ -104,26 +105,25 @@ def load_weights(model: torch.nn.Module, state: Dict[str, torch.Tensor], source:
 
 
 def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = None, source: str = 'checkpoint',
-                grow_initial: bool = True, pretrained: Optional[Dict] = None,
+                grow_initial: bool = True, weights: Optional[Dict] = None,
                 say: Callable[[str], None] = print) -> Tuple[torch.nn.Module, List[Dict]]:
     """(model, growth history), the model built once, at the size of the weights it gets: resumed
     from `resume`, grown from the config's initial checkpoint to the config's token counts (unless
     `grow_initial` is False: evaluating it as it is), fine-tuned from the config's pretrained
-    checkpoint (its weights `pretrained`, read here if not given; see `check_pretrained`; `say` gets
-    the line that tells what was loaded), or new, initialised from the seed (the same on every rank)."""
+    checkpoint (`say` gets the line that tells what was loaded), or new, initialised from the seed
+    (the same on every rank). `weights` are the initial or pretrained checkpoint's, read and checked
+    before work (`start_weights`); read here if not given."""
     torch.manual_seed(config.seed)
     if resume is not None:
         sizes = token_counts_or_none(resume['state_dict']) or (None, None)  # (None, None): another timm model
         model = create_model(config, num_classes, *sizes)
         load_weights(model, resume['state_dict'], source, config)
         return model, list(resume.get('growth_history') or [])
-    if config.pretrained_path:
-        state = read_pretrained(config.pretrained_path) if pretrained is None else pretrained
-        return _fine_tuned(config, num_classes, state, say)
-    if not config.initial_checkpoint:
+    if not config.pretrained_path and not config.initial_checkpoint:
         return create_model(config, num_classes), []
-    init = read_checkpoint(config.initial_checkpoint)
-    state = init.get('state_dict', init)
+    state = read_start_weights(config) if weights is None else weights
+    if config.pretrained_path:
+        return _fine_tuned(config, num_classes, state, say)
     sizes = token_counts(state, config.initial_checkpoint)
     model = create_model(config, num_classes, *sizes)
     load_weights(model, state, str(config.initial_checkpoint), config)
@@ -133,6 +133,14 @@ def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = No
     plan = config.growth
     record = grow_training_state(model, *target, plan.mode, seed=config.seed, ramp_epochs=plan.ramp_epochs)
     return model, [dict(record, epoch=0, source=str(config.initial_checkpoint))]
+
+
+def read_start_weights(config: RunConfig) -> Dict[str, torch.Tensor]:
+    """The weights a new run starts from: --pretrained-path's (any checkpoint kind, pretrained.py) or
+    --initial-checkpoint's."""
+    if config.pretrained_path:
+        return read_pretrained(config.pretrained_path)
+    return read_checkpoint(config.initial_checkpoint)['state_dict']
 
 
 def _fine_tuned(config: RunConfig, num_classes: int, state: Dict,
@@ -196,6 +204,27 @@ def check_pretrained(config: RunConfig, state: Dict, source: str) -> None:
         for norm in {m.norm for m in meta.modules() if isinstance(m, Pattention)}:
             check_exact(config.growth.mode, norm, f'growing --pretrained-path {source} to {target[0]}/{target[1]}')
     config.growth.check(target, epochs=config.epochs)
+
+
+def check_initial(config: RunConfig, state: Dict, grow: bool = True) -> None:
+    """Before work starts: --initial-checkpoint holds the config's model (architecture, width, depth;
+    any class count: the data's is checked when it is known) at token counts it can grow from, no
+    larger than those the run starts at, and the growth to them keeps the function where its mode
+    says so. With `grow` False (--eval-only evaluates it as it is) any token counts."""
+    source = str(config.initial_checkpoint)
+    sizes = token_counts(state, source)  # config.py has checked that --model is a Tokenformer-ViT
+    target = start_tokens(config.model, dict(config.model_kwargs))
+    if grow and (sizes[0] > target[0] or sizes[1] > target[1]):
+        raise CheckpointError(f'--initial-checkpoint {source} holds attn_tokens={sizes[0]}, ffn_tokens={sizes[1]}, '
+                              f'more than --model {config.model} with --model-kwargs {dict(config.model_kwargs)} '
+                              f'starts at ({target[0]}/{target[1]}): a checkpoint grows, it does not shrink; start at '
+                              f'its counts or more.')
+    head = state.get('head.weight')
+    meta = create_model(config, 0 if head is None else head.shape[0], *sizes, device='meta')
+    load_weights(meta, state, source, config)
+    if grow and target != sizes:
+        for norm in {m.norm for m in meta.modules() if isinstance(m, Pattention)}:
+            check_exact(config.growth.mode, norm, f'growing --initial-checkpoint {source} to {target[0]}/{target[1]}')
 
 
 def start_tokens(model: Optional[str], model_kwargs) -> Optional[Tuple[int, int]]:

@@ -36,9 +36,9 @@ def main(config: JobConfig) -> int:
         try:  # a job refused before its first step leaves nothing behind
             prepare_data(job)
             model, history = build_model(config.run, job.num_classes, job.resume, str(job.resume_path),
-                                         grow_initial=not config.eval_only, pretrained=job.pretrained,
+                                         grow_initial=not config.eval_only, weights=job.weights,
                                          say=lambda line: print(line, flush=True) if process.rank == 0 else None)
-            job.pretrained = None  # in the model now
+            job.weights = None  # in the model now
             train_loader, val_loader = build_loaders(job)
             if config.eval_only:
                 return evaluate_only(job, model, val_loader)
