@@ -155,21 +155,7 @@ def file_cases(w: World):
     yield flag(w, 'fewer classes than the data', '--num-classes', 2)
     yield flag(w, 'missing initial checkpoint', '--initial-checkpoint', w.root / 'none.pth')
     yield flag(w, 'initial checkpoint is text', '--initial-checkpoint', a_file)
-    wide = w.root / 'wide.pth'
-    import timm
-    import tokenformer_vit  # noqa: F401
-    torch.save({'state_dict': timm.create_model('tokenformer_vit_tiny', depth=2, embed_dim=48, num_heads=2,
-                                                attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
-                                                num_classes=4).state_dict()}, wide)
-    yield flag(w, 'initial checkpoint of another width', '--initial-checkpoint', wide)
-    for name, kwargs in (('more tokens than the run starts at', dict(attn_tokens=24, ffn_tokens=40)),
-                         ('another class count', dict(num_classes=3)), ('more classes', dict(num_classes=6))):
-        other = w.root / f'initial-{name.replace(" ", "-")}.pth'
-        shape = dict(depth=2, embed_dim=32, num_heads=2, attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
-                     num_classes=4)
-        torch.save({'state_dict': timm.create_model('tokenformer_vit_tiny', **dict(shape, **kwargs)).state_dict()},
-                   other)
-        yield flag(w, f'initial checkpoint of {name}', '--initial-checkpoint', other)
+    yield from initial_checkpoint_cases(w)
     yield ('output is a file', 'refused', lambda: job('--data-dir', w.data, '--output', a_file, '--epochs', 1),
            lambda: None)
     yield ('missing config file', 'refused', lambda: job('--config', w.root / 'no.yaml', '--data-dir', w.data,
@@ -195,12 +181,28 @@ def file_cases(w: World):
     yield flag(w, 'flip probability 2', '--hflip', 2)
     yield flag(w, 'pixel limit 0', '--max-image-pixels', 0)
     yield flag(w, 'eval-only with nothing to evaluate', '--eval-only')
-    yield flag(w, 'eval-only of another width', '--eval-only', '--initial-checkpoint', wide)
+    yield flag(w, 'eval-only of another width', '--eval-only', '--initial-checkpoint', w.root / 'wide.pth')
     yield flag(w, 'partition without submit', '--partition', 'gpu')
     yield flag(w, 'colour jitter under RandAugment', '--rand-augment', '--color-jitter', 0.4)
     yield flag(w, 'grow schedule without a growth', '--grow-schedule', 'continue')
     yield flag(w, 'grow mode without a growth', '--grow-mode', 'preserve')
     yield flag(w, 'submit to slurm from a machine without it', '--submit', '--cluster', 'slurm')
+
+
+def initial_checkpoint_cases(w: World):
+    """--initial-checkpoint of another width, of the run's model at more tokens than it starts at, or of
+    another class count."""
+    import timm
+    import tokenformer_vit  # noqa: F401
+    for name, kwargs in (('another width', dict(embed_dim=48)),
+                         ('more tokens than the run starts at', dict(attn_tokens=24, ffn_tokens=40)),
+                         ('another class count', dict(num_classes=3)), ('more classes', dict(num_classes=6))):
+        other = w.root / ('wide.pth' if name == 'another width' else f'initial-{name.replace(" ", "-")}.pth')
+        shape = dict(depth=2, embed_dim=32, num_heads=2, attn_tokens=16, ffn_tokens=32, patch_size=8, img_size=32,
+                     num_classes=4)
+        torch.save({'state_dict': timm.create_model('tokenformer_vit_tiny', **dict(shape, **kwargs)).state_dict()},
+                   other)
+        yield flag(w, f'initial checkpoint of {name}', '--initial-checkpoint', other)
 
 
 def resume_cases(w: World):
