@@ -63,10 +63,13 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, amp_ctx) -> 
 class Runner:
     """One model's inference and train steps, built once."""
 
-    def __init__(self, name: str, args, compiled: bool, impl: str = None):
+    def __init__(self, name: str, args, compiled: bool, impl: str = None, model_kwargs: dict = None):
         self.name = name
         self.device = args.device
-        self.model = timm.create_model(name, **({'pattention_impl': impl} if impl else {})).to(args.device)
+        kwargs = dict(model_kwargs or {}, **({'pattention_impl': impl} if impl else {}))
+        self.model = timm.create_model(name, **kwargs).to(args.device)
+        size = self.model.patch_embed.img_size  # 224 unless model_kwargs say
+        classes = max(1, getattr(self.model, 'num_classes', 1000))
         self.amp_ctx = (lambda: torch.autocast(args.device.split(':')[0], dtype=torch.bfloat16)) \
             if args.amp == 'bf16' else contextlib.nullcontext
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
@@ -77,9 +80,9 @@ class Runner:
                 block.compile(mode=args.inductor_mode)
         elif compiled:
             self.fn = torch.compile(self.model, mode=args.inductor_mode)
-        self.x_inf = torch.randn(args.batch, 3, 224, 224, device=args.device)
-        self.x_train = torch.randn(args.train_batch, 3, 224, 224, device=args.device)
-        self.y_train = torch.randint(0, 1000, (args.train_batch,), device=args.device)
+        self.x_inf = torch.randn(args.batch, 3, *size, device=args.device)
+        self.x_train = torch.randn(args.train_batch, 3, *size, device=args.device)
+        self.y_train = torch.randint(0, classes, (args.train_batch,), device=args.device)
 
     def infer(self) -> None:
         self.model.eval()

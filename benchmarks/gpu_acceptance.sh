@@ -11,7 +11,10 @@
 #   bench       bench_model's images/s ratios for tiny, small, base_pm: eager (one process), then
 #               compiled per block, each pair in its own process
 #   layer       one Pattention, torch and fused paths, against the bare matmuls, with each call's host time
-#   job         the training job with --compile on generated JPEG shards, grown mid-run
+#   job         the training job with --compile on JPEG shards, grown mid-run: the 100 ImageNet photographs
+#               of $PHOTOS (default data/imagenet-sample-100, a copy of ../shared/data/imagenet-sample-100
+#               carried beside the wheels), repeated, or generated images where it is absent; beside each
+#               run the model's train steps alone and the loader alone (benchmarks/gpu_check.py)
 #   passes      passes over the (m x n) scores in inductor's code for one Pattention: default,
 #               max-autotune-no-cudagraphs (prologue and epilogue fusion into its GEMM templates)
 #   autotune    bench_model base_pm compiled with max-autotune-no-cudagraphs
@@ -69,6 +72,8 @@ else
   passes=""
   modes="default max-autotune-no-cudagraphs"
 fi
+photos=${PHOTOS:-data/imagenet-sample-100}
+[ -d "$photos" ] && job="$job --photos $photos"
 export OUT_DIR=$out PREFIX_=$prefix TMP=$tmp
 # every compile shows its graph breaks and recompilations in the log (a recompile-limit line would too)
 export TORCH_LOGS=graph_breaks,recompiles
@@ -108,7 +113,7 @@ stage profile 120 bash -c "python3 benchmarks/profile_step.py \$DEV $prof --mode
 stage bench 120 bash -c 'python3 benchmarks/bench_model.py $DEV $BENCH --pairs $PAIRS --json "$OUT_DIR/${PREFIX_}_eager.json";
   compiled_pairs default $PAIRS'
 stage layer 30 python3 benchmarks/bench_pattention.py $DEV $layer --json "$out/${prefix}_layer.json"
-stage job 75 python3 benchmarks/gpu_check.py $job --compile --pattention-impl torch --no-baseline \
+stage job 100 python3 benchmarks/gpu_check.py $job --compile --pattention-impl torch --no-baseline \
   --models tokenformer_vit_tiny vit_tiny_patch16_224 --json "$out/${prefix}_job.json"
 stage passes 45 bash -c "for mode in $modes; do python3 benchmarks/count_passes.py \$DEV $passes --mode \$mode \
   --json \$TMP/passes_\$mode.json; done; python3 -c 'import json, sys
