@@ -220,21 +220,26 @@ def _checkpoint(path, num_classes=4, **kwargs):
     return path
 
 
-@pytest.mark.parametrize('kwargs,message', [
-    (dict(embed_dim=48), 'does not fit --model tokenformer_vit_tiny'),
-    (dict(attn_tokens=24, ffn_tokens=40), 'holds attn_tokens=24, ffn_tokens=40, more than --model tokenformer_vit_tiny'
-                                         ' with --model-kwargs'),
+SOFTMAX_24 = ['--model-kwargs', 'depth=2', 'embed_dim=32', 'num_heads=2', 'attn_tokens=24', 'ffn_tokens=40',
+              'patch_size=8', 'pattention_norm=softmax', '--grow-mode', 'preserve']
+
+
+@pytest.mark.parametrize('kwargs,flags,message', [
+    (dict(embed_dim=48), [], 'does not fit --model tokenformer_vit_tiny'),
+    (dict(attn_tokens=24, ffn_tokens=40), [], 'holds attn_tokens=24, ffn_tokens=40, more than --model '
+                                              'tokenformer_vit_tiny with --model-kwargs'),
+    (dict(pattention_norm='softmax'), SOFTMAX_24, 'preserve growth is exact only for the l2_gelu and gelu_l2 norms'),
 ])
 def test_an_initial_checkpoint_that_cannot_start_the_run_is_refused_before_the_shards_are_built(tmp_path, capsys,
                                                                                              monkeypatch, kwargs,
-                                                                                             message):
+                                                                                             flags, message):
     # before: read when the model was built, after --shards-from had written the data set (hours on ImageNet)
     import tokenformer_vit.make_shards as writer
     built = []
     monkeypatch.setattr(writer, 'make_shards', lambda *a, **k: built.append(a) or 1 / 0)
     ckpt = _checkpoint(tmp_path / 'c.pth', **kwargs)
     code, err = run_cli(['--data-dir', tmp_path / 'data', '--shards-from', 'fashion-mnist', '--output',
-                         tmp_path / 'run', '--epochs', 1, '--initial-checkpoint', ckpt], capsys)
+                         tmp_path / 'run', '--epochs', 1, '--initial-checkpoint', ckpt, *flags], capsys)
     assert code == 2 and message in one_sentence(err) and str(ckpt) in err, err
     assert built == [] and not (tmp_path / 'data').exists() and not (tmp_path / 'run').exists()
 
@@ -254,6 +259,15 @@ def test_an_initial_checkpoint_of_another_class_count_is_one_sentence_naming_the
     code, err = run_cli(['--data-dir', shards, '--output', tmp_path / 'run', '--epochs', 1, '--initial-checkpoint',
                          ckpt, *extra], capsys)
     assert code == 2 and message.replace('DATA', str(shards)) in one_sentence(err), err
+
+
+def test_eval_only_of_a_run_trained_with_more_classes_names_its_num_classes(shards, tmp_path, capsys):
+    # before: a size-mismatch sentence for head.weight that named neither the class count nor the fix
+    out = tmp_path / 'run'
+    train('--data-dir', shards, '--output', out, '--epochs', 1, '--num-classes', 6)
+    code, err = run_cli(['--data-dir', shards, '--output', out, '--epochs', 1, '--eval-only'], capsys)
+    assert code == 2 and f'{out / "last.pth.tar"} has a classifier of 6 classes and the model here has 4' in \
+        one_sentence(err) and 'pass --num-classes 6.' in err, err
 
 
 def test_an_initial_checkpoint_of_more_classes_than_the_data_is_evaluated_with_its_num_classes(shards, tmp_path,

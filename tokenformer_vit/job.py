@@ -126,13 +126,13 @@ def prepare_data(job: Job) -> None:
 
 
 def _check_classes(job: Job, data_classes: int) -> None:
-    """A checkpoint that goes on training or is evaluated keeps its classifier (last.pth.tar,
-    --initial-checkpoint): one of the model's class count (a resumed run's flags are compared too,
-    identity.py; --pretrained-path replaces a classifier of another count)."""
+    """A checkpoint that is evaluated, or trained on from --initial-checkpoint, keeps its classifier:
+    one of the model's class count (a resumed training run compares its classes and data with the
+    identity it started with, identity.py; --pretrained-path replaces a classifier of another count)."""
     config = job.config
-    if job.resume is not None:
+    if job.resume is not None and config.eval_only:
         state, name = job.resume['state_dict'], str(job.resume_path)
-    elif job.weights is not None and config.run.initial_checkpoint:
+    elif job.resume is None and job.weights is not None and config.run.initial_checkpoint:
         state, name = job.weights, f'--initial-checkpoint {config.run.initial_checkpoint}'
     else:
         return

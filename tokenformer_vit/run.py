@@ -22,7 +22,7 @@ from .engine import LRSchedule, StepParts, build_loss, build_optimizer, evaluate
 from .errors import CheckpointError, ConfigError, GrowthError
 from .growth import GrowthPlan, TauRamp, check_exact, grow_training_state
 from .pattention import Pattention, set_pattention_impl
-from .pretrained import load_pretrained, read_pretrained
+from .pretrained import checkpoint_classes, load_pretrained, read_pretrained
 from .tokenformer_vit import token_counts, token_counts_or_none
 
 __all__ = ['RunConfig', 'Run', 'create_model', 'build_model', 'check_pretrained', 'build_run', 'check_resume',
@@ -111,8 +111,9 @@ def build_model(config: RunConfig, num_classes: int, resume: Optional[Dict] = No
     from `resume`, grown from the config's initial checkpoint to the config's token counts (unless
     `grow_initial` is False: evaluating it as it is), fine-tuned from the config's pretrained
     checkpoint (`say` gets the line that tells what was loaded), or new, initialised from the seed
-    (the same on every rank). `weights` are the initial or pretrained checkpoint's, read and checked
-    before work (`start_weights`); read here if not given."""
+    (the same on every rank). `weights` are the initial or pretrained checkpoint's, read
+    (`read_start_weights`) and checked (`check_initial`, `check_pretrained`) before work; read here if
+    not given."""
     torch.manual_seed(config.seed)
     if resume is not None:
         sizes = token_counts_or_none(resume['state_dict']) or (None, None)  # (None, None): another timm model
@@ -183,10 +184,9 @@ def check_pretrained(config: RunConfig, state: Dict, source: str) -> None:
                               f'{"no " * ours}parameter tokens) and --model {config.model} is {"not " * (not ours)}'
                               f'one: fine-tune it with the --model it was trained with.')
     target = _fine_tune_tokens(config, sizes)
-    if sizes is not None and (target[0] < sizes[0] or target[1] < sizes[1]):
-        raise CheckpointError(f'--pretrained-path {source} holds attn_tokens={sizes[0]}, ffn_tokens={sizes[1]}, more '
-                              f'than --model-kwargs asks for ({target[0]}/{target[1]}): a checkpoint grows, it does '
-                              f'not shrink; ask for at least its counts, or leave attn_tokens and ffn_tokens out.')
+    if sizes is not None:
+        _refuse_shrinking(f'--pretrained-path {source}', sizes, target, '--model-kwargs asks for',
+                          'ask for at least its counts, or leave attn_tokens and ffn_tokens out')
     what = _described(config)
     meta = create_model(config, 1, *(sizes or (None, None)), device='meta')  # any class count: the head may be new
     load_pretrained(meta, state, source, what, load=False)
@@ -200,10 +200,22 @@ def check_pretrained(config: RunConfig, state: Dict, source: str) -> None:
                           f'--model-kwargs, add a --grow, or leave --grow-mode out.')
     if target is None:
         return
+    _check_exact_growth(meta, mode, f'--pretrained-path {source}', sizes, target)
+    config.growth.check(target, epochs=config.epochs)
+
+
+def _refuse_shrinking(what: str, sizes: Tuple[int, int], target: Tuple[int, int], asked: str, fix: str) -> None:
+    """A checkpoint of `sizes` tokens grows to `target`; it does not shrink."""
+    if target[0] < sizes[0] or target[1] < sizes[1]:
+        raise CheckpointError(f'{what} holds attn_tokens={sizes[0]}, ffn_tokens={sizes[1]}, more than {asked} '
+                              f'({target[0]}/{target[1]}): a checkpoint grows, it does not shrink; {fix}.')
+
+
+def _check_exact_growth(meta: torch.nn.Module, mode: str, what: str, sizes, target) -> None:
+    """A growth of `meta`'s Pattentions from `sizes` to `target` keeps the function where `mode` says so."""
     if target != sizes:
         for norm in {m.norm for m in meta.modules() if isinstance(m, Pattention)}:
-            check_exact(config.growth.mode, norm, f'growing --pretrained-path {source} to {target[0]}/{target[1]}')
-    config.growth.check(target, epochs=config.epochs)
+            check_exact(mode, norm, f'growing {what} to {target[0]}/{target[1]}')
 
 
 def check_initial(config: RunConfig, state: Dict, grow: bool = True) -> None:
@@ -214,17 +226,14 @@ def check_initial(config: RunConfig, state: Dict, grow: bool = True) -> None:
     source = str(config.initial_checkpoint)
     sizes = token_counts(state, source)  # config.py has checked that --model is a Tokenformer-ViT
     target = start_tokens(config.model, dict(config.model_kwargs))
-    if grow and (sizes[0] > target[0] or sizes[1] > target[1]):
-        raise CheckpointError(f'--initial-checkpoint {source} holds attn_tokens={sizes[0]}, ffn_tokens={sizes[1]}, '
-                              f'more than --model {config.model} with --model-kwargs {dict(config.model_kwargs)} '
-                              f'starts at ({target[0]}/{target[1]}): a checkpoint grows, it does not shrink; start at '
-                              f'its counts or more.')
-    head = state.get('head.weight')
-    meta = create_model(config, 0 if head is None else head.shape[0], *sizes, device='meta')
+    if grow:
+        _refuse_shrinking(f'--initial-checkpoint {source}', sizes, target,
+                          f'--model {config.model} with --model-kwargs {dict(config.model_kwargs)} starts at',
+                          'start at its counts or more')
+    meta = create_model(config, checkpoint_classes(state) or 0, *sizes, device='meta')
     load_weights(meta, state, source, config)
-    if grow and target != sizes:
-        for norm in {m.norm for m in meta.modules() if isinstance(m, Pattention)}:
-            check_exact(config.growth.mode, norm, f'growing --initial-checkpoint {source} to {target[0]}/{target[1]}')
+    if grow:
+        _check_exact_growth(meta, config.growth.mode, f'--initial-checkpoint {source}', sizes, target)
 
 
 def start_tokens(model: Optional[str], model_kwargs) -> Optional[Tuple[int, int]]:
